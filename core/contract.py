@@ -1,0 +1,13 @@
+"""The canonical event contract and item catalog that every source is mapped onto (DESIGN.md)."""
+
+EVENT_TYPES = ("view", "add_to_cart", "purchase", "impression", "click")
+
+# Column order of a batch in the landing zone and of the event lake.
+REQUIRED_EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "event_timestamp")
+OPTIONAL_EVENT_COLUMNS = ("session_id", "quantity", "price")
+EVENT_COLUMNS = REQUIRED_EVENT_COLUMNS + OPTIONAL_EVENT_COLUMNS
+
+# Added by the gate to every accepted row.
+LAKE_COLUMNS = EVENT_COLUMNS + ("item_known", "batch_id")
+
+CATALOG_COLUMNS = ("item_id", "title", "description", "category", "price", "first_seen")

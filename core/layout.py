@@ -1,0 +1,107 @@
+"""Where every piece of runtime state lives under SHOPREC_HOME.
+
+landing/<batch_id>.csv|parquet           batches as received (immutable), with an optional
+landing/<batch_id>.manifest.json         manifest naming the batch's logical time
+catalog/items.parquet                    the current item catalog
+lake/events/event_date=<day>/<batch_id>.parquet   accepted events, partitioned by event date
+quarantine/<batch_id>.parquet            rejected rows with the failed rule(s) per row
+quarantine/<batch_id>.raw.<ext>          a batch that could not be read at all, byte for byte
+quarantine/source/<dataset>.parquet      source rows a dataset adapter could not map onto the contract
+gate/<batch_id>.json                     the gate's verdict per batch: the ingest ledger
+docs/                                    Great Expectations Data Docs (HTML)
+"""
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+BATCH_SUFFIXES = (".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under one SHOPREC_HOME; creating it touches no disk."""
+
+    home: Path
+
+    @property
+    def landing(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def catalog(self) -> Path:
+        return self.home / "catalog" / "items.parquet"
+
+    @property
+    def events(self) -> Path:
+        return self.home / "lake" / "events"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def gate(self) -> Path:
+        return self.home / "gate"
+
+    @property
+    def docs(self) -> Path:
+        return self.home / "docs"
+
+    def event_partition(self, day: str) -> Path:
+        return self.events / f"event_date={day}"
+
+    def source_quarantine(self, dataset: str) -> Path:
+        return self.quarantine / "source" / f"{dataset}.parquet"
+
+    def gate_record(self, batch_id: str) -> Path:
+        return self.gate / f"{batch_id}.json"
+
+    def manifest(self, batch_id: str) -> Path:
+        return self.landing / f"{batch_id}.manifest.json"
+
+    def landed_batches(self) -> list[Path]:
+        """Batch files in the landing zone, oldest batch id first (ids sort by time)."""
+        if not self.landing.exists():
+            return []
+        return sorted(p for p in self.landing.iterdir() if p.suffix in BATCH_SUFFIXES and p.is_file())
+
+
+def batch_id_of(path: Path) -> str:
+    """A batch is named by its file name without the suffix."""
+    return path.name.removesuffix(path.suffix)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write bytes so that a reader never sees half a file, even if the process dies mid-way."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: dict) -> None:
+    write_atomically(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def parquet_bytes(frame) -> bytes:
+    """A DataFrame as parquet bytes, without its index; the same frame always gives the same bytes."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def write_parquet(frame, path: Path) -> None:
+    write_atomically(path, parquet_bytes(frame))

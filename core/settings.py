@@ -1,0 +1,41 @@
+"""Infrastructure settings: one typed object, read from SHOPREC_* environment variables or a .env file."""
+
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Where shoprec keeps its state and how strict its gate is. See .env.example for every variable."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOPREC_", env_file=".env", extra="ignore")
+
+    home: Path = Field(PROJECT_ROOT / ".shoprec", description="Root of all runtime state.")
+    data_dir: Path = Field(
+        PROJECT_ROOT.parent / "shared" / "data",
+        description="Folder with the public datasets that may not ship with the project (Taobao, MovieLens).",
+    )
+    max_reject_share: float = Field(
+        0.05, ge=0, le=1, description="A batch whose quarantined share exceeds this fails as a whole."
+    )
+    future_skew: timedelta = Field(
+        timedelta(minutes=5), description="How far past the batch's logical time an event may be stamped."
+    )
+    max_event_age: timedelta = Field(
+        timedelta(days=2),
+        description="Retention window for late arrivals: events older than this before the batch's logical "
+        "time are quarantined, so feature rows already computed for past intervals never change silently.",
+    )
+    ingest_schedule: str = Field("@hourly", description="Cron or preset schedule of the ingest_events DAG.")
+    task_retries: int = Field(2, ge=0, description="Airflow retries per task.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings of this process (cached: the environment is read once)."""
+    return Settings()

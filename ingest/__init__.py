@@ -1,0 +1,1 @@
+"""Sources of behaviour events: real dataset adapters, a synthetic generator, and replay into the landing zone."""

@@ -1,0 +1,81 @@
+"""Replay a dataset into the landing zone as the shop would have sent it: time-ordered batches, one per day
+(or week, or month) of the shop's local calendar, each with a manifest naming its logical time.
+
+Replay is idempotent: landing the same dataset again rewrites nothing. A batch id that already landed with
+other content is an error, since the landing zone keeps batches exactly as received.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from core.contract import EVENT_COLUMNS
+from core.layout import Layout, parquet_bytes, write_atomically, write_json
+from ingest.source import SourceData
+
+PERIODS = {"day": "D", "week": "W-SUN", "month": "M"}
+
+
+@dataclass(frozen=True)
+class LandedBatch:
+    batch_id: str
+    path: Path
+    rows: int
+    as_of: pd.Timestamp
+
+
+def land(source: SourceData, layout: Layout, every: str = "day", fmt: str = "csv") -> list[LandedBatch]:
+    """Write the source's catalog feed, its excluded rows and its events, cut into batches, under layout."""
+    if every not in PERIODS:
+        raise ValueError(f"every must be one of {sorted(PERIODS)}, not {every!r}")
+    if len(source.excluded):
+        _write_if_new(layout.source_quarantine(source.name), parquet_bytes(source.excluded.astype(str)))
+    _write_if_new(layout.landing / "catalog" / f"{source.name}.parquet", parquet_bytes(source.catalog))
+
+    period = _delivery_period(source, PERIODS[every])
+    landed = []
+    for p, batch in source.events.groupby(period, sort=True):
+        start = p.start_time.tz_localize(source.timezone).tz_convert("UTC")
+        as_of = p.end_time.ceil("s").tz_localize(source.timezone).tz_convert("UTC")
+        batch_id = f"{source.name}-{p.start_time:%Y-%m-%d}"
+        path = layout.landing / f"{batch_id}.{fmt}"
+        _write_if_new(path, to_bytes(batch, fmt))
+        write_json(
+            layout.manifest(batch_id),
+            {"batch_id": batch_id, "source": source.name, "interval_start": start, "as_of": as_of, "rows": len(batch)},
+        )
+        landed.append(LandedBatch(batch_id, path, len(batch), as_of))
+    return landed
+
+
+def _delivery_period(source: SourceData, freq: str) -> pd.Series:
+    """The local calendar period each event is delivered in.
+
+    Events stamped outside the dataset's official window arrive with its first or last delivery (a client's clock
+    was off); events with no usable time arrive with the rows around them in the file.
+    """
+    ts = source.events["event_timestamp"]
+    if source.window:
+        lo, hi = source.window
+        ts = ts.clip(lo, hi - pd.Timedelta(seconds=1))
+    local = ts.dt.tz_convert(source.timezone).dt.tz_localize(None)
+    period = local.dt.to_period(freq)
+    return period.ffill().bfill()
+
+
+def to_bytes(events: pd.DataFrame, fmt: str) -> bytes:
+    """A batch file in the canonical contract: ISO 8601 UTC timestamps in CSV, typed columns in parquet."""
+    events = events[list(EVENT_COLUMNS)].reset_index(drop=True)
+    if fmt == "parquet":
+        return parquet_bytes(events)
+    text = events.assign(event_timestamp=events["event_timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return text.to_csv(index=False).encode()
+
+
+def _write_if_new(path: Path, data: bytes) -> None:
+    if path.exists():
+        if path.read_bytes() == data:
+            return
+        raise FileExistsError(f"{path} already landed with different content; the landing zone is immutable")
+    write_atomically(path, data)

@@ -1,0 +1,1 @@
+"""BentoML services answering real-time recommendation requests (later issues)."""

@@ -1,0 +1,3 @@
+from shoprec.cli import app
+
+app()

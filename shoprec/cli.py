@@ -1,0 +1,120 @@
+"""`shoprec`: replay datasets, run the gate, generate synthetic shops, and see the ingest ledger."""
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from core.layout import Layout, read_json
+from core.settings import get_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+def _layout() -> Layout:
+    return Layout(get_settings().home)
+
+
+@app.command()
+def replay(
+    dataset: Annotated[str, typer.Argument(help="online_retail, taobao or movielens")],
+    every: Annotated[str, typer.Option(help="batch length: day, week or month")] = "day",
+    data_dir: Annotated[
+        Optional[Path], typer.Option(help="folder holding the dataset (default SHOPREC_DATA_DIR)")
+    ] = None,
+) -> None:
+    """Cut a dataset into time-ordered batches in the landing zone, as if the shop were sending them."""
+    from ingest import datasets
+    from ingest import replay as replaying
+
+    settings = get_settings()
+    source = datasets.load(dataset, data_dir or (None if dataset == "online_retail" else settings.data_dir))
+    landed = replaying.land(source, _layout(), every=every)
+    excluded = source.excluded["reason"].value_counts().to_dict() if len(source.excluded) else {}
+    typer.echo(
+        f"{source.name}: {source.raw_rows:,} source rows -> {len(source.events):,} events in {len(landed)} "
+        f"batches under {_layout().landing}; excluded by the adapter: {excluded or 'none'}"
+    )
+
+
+@app.command()
+def validate(
+    path: Annotated[Path, typer.Argument(help="a batch file (CSV or parquet) in the canonical contract")],
+    as_of: Annotated[Optional[str], typer.Option(help="logical time of the batch (ISO 8601); default: now")] = None,
+) -> None:
+    """Run the gate on one batch and print its verdict as JSON. Exit 0 if accepted, 1 if the batch failed."""
+    from validation.gate import run_gate
+
+    if as_of is not None:
+        _check_time(as_of)
+    result = run_gate(path, _layout(), get_settings(), as_of=as_of)
+    typer.echo(json.dumps(result.to_dict(), indent=2))
+    raise typer.Exit(0 if result.status == "accepted" else 1)
+
+
+@app.command()
+def ingest() -> None:
+    """Apply catalog feeds, then run the gate on every new batch in the landing zone (what ingest_events does)."""
+    from validation.catalog import apply_feeds
+    from validation.gate import pending_batches, run_gate
+
+    settings, layout = get_settings(), _layout()
+    for feed in apply_feeds(layout):
+        typer.echo(f"catalog feed {feed.feed}: {feed.accepted:,} accepted, {feed.quarantined:,} quarantined")
+    failed = [r for p in pending_batches(layout) if (r := run_gate(p, layout, settings)).status == "failed"]
+    for r in failed:
+        typer.echo(f"FAILED {r.reason}", err=True)
+    status()
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def status() -> None:
+    """The ingest ledger: every judged batch with its counts."""
+    records = [read_json(p) for p in sorted(_layout().gate.glob("*.json"))]
+    typer.echo(f"{'batch':<32} {'status':<9} {'received':>9} {'accepted':>9} {'quarant.':>9}  rules")
+    for r in records:
+        rules = ", ".join(f"{k} {v:,}" for k, v in r["failed_rules"].items())
+        typer.echo(f"{r['batch_id']:<32} {r['status']:<9} {r['received']:>9,} {r['accepted']:>9,} "
+                   f"{r['quarantined']:>9,}  {rules}")  # fmt: skip
+    totals = {k: sum(r[k] for r in records) for k in ("received", "accepted", "quarantined")}
+    typer.echo(f"{'total':<32} {'':<9} {totals['received']:>9,} {totals['accepted']:>9,} {totals['quarantined']:>9,}")
+
+
+@app.command()
+def generate(
+    events: Annotated[int, typer.Argument(help="number of events")],
+    out: Annotated[Path, typer.Option(help="batch file to write (.csv or .parquet)")],
+    bad_share: Annotated[float, typer.Option(help="share of deliberately broken rows")] = 0.0,
+    users: int = 100_000,
+    items: int = 20_000,
+    seed: int = 0,
+) -> None:
+    """Write a synthetic batch: Zipf popularity, sessions, a view -> cart -> purchase funnel."""
+    from core.layout import write_atomically
+    from ingest import synthetic
+    from ingest.replay import to_bytes
+
+    source = synthetic.generate(events, n_users=users, n_items=items, bad_share=bad_share, seed=seed)
+    write_atomically(out, to_bytes(source.events, out.suffix.lstrip(".")))
+    typer.echo(f"wrote {len(source.events):,} events to {out}")
+
+
+def _check_time(text: str) -> None:
+    try:
+        import pandas as pd
+
+        pd.Timestamp(text)
+    except ValueError:
+        typer.echo(f"--as-of {text!r} is not an ISO 8601 time", err=True)
+        raise typer.Exit(2)
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

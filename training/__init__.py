@@ -1,0 +1,1 @@
+"""Two-tower retrieval and multi-task ranking models, their training loop, evaluation and publishing (issue 4)."""

@@ -1,0 +1,234 @@
+"""The gate: validate one landed batch against the event suite and split it into accepted and quarantined rows.
+
+- Accepted rows go to the event lake, partitioned by event date; rejected rows go to quarantine with the failed
+  rule(s) per row. Always accepted + quarantined = received.
+- A batch fails as a whole when its quarantined share exceeds SHOPREC_MAX_REJECT_SHARE, or when it cannot be read as
+  the contract at all (unreadable file, wrong encoding, missing column). A failed batch writes nothing to the lake
+  and keeps all its rows (or its raw bytes) in quarantine; the verdict says why in one line.
+- Time rules are judged against the batch's logical time: an explicit as_of, else its manifest's, else the caller's
+  fallback (a DAG run's data interval end; the wall clock on the command line).
+- Re-running a batch gives byte-identical outputs: every write is keyed on the batch id, never on the clock.
+"""
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.contract import EVENT_COLUMNS, LAKE_COLUMNS, OPTIONAL_EVENT_COLUMNS, REQUIRED_EVENT_COLUMNS
+from core.layout import Layout, batch_id_of, read_json, write_json, write_parquet
+from core.settings import Settings
+from validation.runner import row_reasons
+from validation.suites import event_suite
+
+ID_COLUMNS = ("event_id", "user_id", "item_id", "session_id")
+BATCH_FAILED = "batch_failed"
+
+
+class BatchUnreadable(Exception):
+    """The file cannot be read as the event contract at all."""
+
+
+@dataclass
+class GateResult:
+    batch_id: str
+    status: str  # "accepted" or "failed"
+    received: int
+    accepted: int
+    quarantined: int
+    failed_rules: dict[str, int] = field(default_factory=dict)
+    flagged: dict[str, int] = field(default_factory=dict)  # warnings: counted, rows still accepted
+    reason: str | None = None  # one readable line when the batch failed
+    interval_start: str | None = None
+    as_of: str | None = None  # the end of the batch's logical interval
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pending_batches(layout: Layout) -> list[Path]:
+    """Landed batches the gate has not judged yet, oldest first."""
+    return [p for p in layout.landed_batches() if not layout.gate_record(batch_id_of(p)).exists()]
+
+
+def logical_interval(path: Path, layout: Layout, explicit=None, fallback=None) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The (start, end) of the time a batch covers: its end is the explicit as_of, else its manifest's, else the
+    fallback, else now; its start comes from the manifest, or equals the end when nothing says otherwise."""
+    manifest = layout.manifest(batch_id_of(path))
+    known = read_json(manifest) if manifest.exists() and manifest.parent == path.parent else {}
+    end = explicit if explicit is not None else known.get("as_of", fallback)
+    end = _utc(pd.Timestamp(end if end is not None else "now"))
+    start = _utc(pd.Timestamp(known["interval_start"])) if explicit is None and "interval_start" in known else end
+    return min(start, end), end
+
+
+def _utc(when: pd.Timestamp) -> pd.Timestamp:
+    return when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+
+
+def run_gate(path: Path, layout: Layout, settings: Settings, as_of=None, fallback_as_of=None) -> GateResult:
+    """Judge one batch file, write its accepted rows, quarantine and verdict, and return the verdict."""
+    batch_id = batch_id_of(path)
+    start, when = logical_interval(path, layout, as_of, fallback_as_of)
+    _clear_outputs(layout, batch_id)
+    try:
+        raw = read_batch(path)
+    except BatchUnreadable as err:
+        received = _count_records(path)
+        layout.quarantine.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, layout.quarantine / f"{batch_id}.raw{path.suffix}")
+        result = GateResult(batch_id, "failed", received, 0, received, {BATCH_FAILED: received},
+                            reason=f"{path.name}: {err}", interval_start=start.isoformat(), as_of=when.isoformat())  # fmt: skip
+        write_json(layout.gate_record(batch_id), result.to_dict())
+        return result
+
+    events = prepare(raw)
+    oldest_allowed = start - settings.max_event_age
+    events["event_id_not_seen_before"] = ~events["event_id"].isin(
+        _accepted_ids(layout, batch_id, oldest_allowed, when + settings.future_skew)
+    )
+    events["item_known"] = events["item_id"].isin(_catalog_ids(layout))
+    reasons, flags = row_reasons(
+        events,
+        event_suite,
+        {"oldest_allowed": oldest_allowed, "newest_allowed": when + settings.future_skew},
+        run_name=batch_id,
+        docs_dir=layout.docs,
+    )
+    rejected = reasons != ""
+    failed_rules = _count_rules(reasons[rejected])
+    status, reason = "accepted", None
+    share = rejected.mean() if len(raw) else 0.0
+    if share > settings.max_reject_share:
+        status = "failed"
+        reason = (f"{path.name}: {rejected.sum():,} of {len(raw):,} rows ({share:.1%}) broke the event contract, "
+                  f"over the {settings.max_reject_share:.0%} limit; worst: "
+                  + ", ".join(f"{rule} ({n:,})" for rule, n in list(failed_rules.items())[:3]))  # fmt: skip
+        reasons = reasons.mask(~rejected, BATCH_FAILED)
+        rejected[:] = True
+        failed_rules[BATCH_FAILED] = int((reasons == BATCH_FAILED).sum())
+
+    if rejected.any():
+        quarantine = raw[rejected.to_numpy()].astype("string").assign(row=np.flatnonzero(rejected) + 1)
+        quarantine["reason"] = reasons[rejected].to_numpy()
+        write_parquet(quarantine.reset_index(drop=True), layout.quarantine / f"{batch_id}.parquet")
+    accepted = events[~rejected.to_numpy()]
+    _write_lake(accepted, layout, batch_id)
+
+    result = GateResult(batch_id, status, len(raw), len(accepted), int(rejected.sum()), failed_rules,
+                        {rule: int(n) for rule, n in flags.items() if n}, reason, start.isoformat(), when.isoformat())  # fmt: skip
+    write_json(layout.gate_record(batch_id), result.to_dict())
+    return result
+
+
+def read_batch(path: Path) -> pd.DataFrame:
+    """The batch as received, every value as text (CSV) or as typed (parquet); raises BatchUnreadable."""
+    if not path.exists():
+        raise BatchUnreadable("no such file")
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif path.stat().st_size == 0:
+            frame = pd.DataFrame(columns=list(EVENT_COLUMNS), dtype=object)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8").fillna("")
+    except UnicodeDecodeError as err:
+        raise BatchUnreadable(f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except (pd.errors.ParserError, ValueError, OSError) as err:
+        raise BatchUnreadable(f"not readable as {path.suffix[1:]}: {str(err).strip().splitlines()[0]}") from None
+    missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise BatchUnreadable(f"missing required column(s) {', '.join(missing)}; found {', '.join(frame.columns)}")
+    for column in OPTIONAL_EVENT_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
+    return frame.reset_index(drop=True)
+
+
+def prepare(raw: pd.DataFrame) -> pd.DataFrame:
+    """Typed contract columns plus the helper facts the suite checks row by row."""
+    events = pd.DataFrame(index=raw.index)
+    for column in ID_COLUMNS:
+        events[column] = _text(raw[column])
+    events["event_type"] = raw["event_type"].astype("string").fillna("").astype(object)
+    events["event_timestamp"] = _timestamps(raw["event_timestamp"])
+    for column in ("quantity", "price"):
+        events[column], events[f"{column}_is_number"] = _numbers(raw[column])
+    events["event_id_first_in_batch"] = ~events["event_id"].duplicated() | events["event_id"].isna()
+    return events
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """Trimmed strings, with None for missing or blank values."""
+    text = values.astype("string").str.strip()
+    return text.astype(object).where(text.notna() & (text != ""), None)
+
+
+def _timestamps(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+    # Naive times are read as UTC (the contract says UTC); anything unparseable becomes NaT and is quarantined.
+    return pd.to_datetime(values.replace("", None), format="ISO8601", utc=True, errors="coerce")
+
+
+def _numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    if pd.api.types.is_numeric_dtype(values):
+        return values.astype(float), pd.Series(True, index=values.index)
+    present = values.notna() & (values.astype("string").str.strip() != "")
+    parsed = pd.to_numeric(values.where(present), errors="coerce").astype(float)
+    return parsed, ~present | parsed.notna()
+
+
+def _count_rules(reasons: pd.Series) -> dict[str, int]:
+    counts = reasons.str.split(";").explode().value_counts()
+    return {rule: int(n) for rule, n in counts.items()}
+
+
+def _accepted_ids(layout: Layout, batch_id: str, oldest: pd.Timestamp, newest: pd.Timestamp) -> pd.Index:
+    """Ids already in the lake that a batch accepting events in [oldest, newest] could repeat.
+
+    Only partitions inside that window can hold a clash: anything outside it is rejected by the time rules anyway.
+    The batch's own earlier output is skipped, so re-running a batch does not see itself as a duplicate.
+    """
+    first, last = oldest.date(), newest.date()
+    files = [
+        f
+        for d in pd.date_range(first, last, freq="D")
+        if (part := layout.event_partition(f"{d:%Y-%m-%d}")).exists()
+        for f in part.glob("*.parquet")
+        if f.stem != batch_id
+    ]
+    if not files:
+        return pd.Index([])
+    return pd.Index(pd.concat(pd.read_parquet(f, columns=["event_id"]) for f in files)["event_id"])
+
+
+def _catalog_ids(layout: Layout) -> pd.Index:
+    if not layout.catalog.exists():
+        return pd.Index([])
+    return pd.Index(pd.read_parquet(layout.catalog, columns=["item_id"])["item_id"])
+
+
+def _clear_outputs(layout: Layout, batch_id: str) -> None:
+    """Remove what an earlier run of this batch wrote, so a re-run cannot leave stale rows behind."""
+    for stale in [*layout.events.glob(f"event_date=*/{batch_id}.parquet"), *layout.quarantine.glob(f"{batch_id}.*")]:
+        stale.unlink()
+
+
+def _write_lake(accepted: pd.DataFrame, layout: Layout, batch_id: str) -> None:
+    if accepted.empty:
+        return
+    lake = accepted.assign(batch_id=batch_id)[list(LAKE_COLUMNS)]
+    day = lake["event_timestamp"].dt.strftime("%Y-%m-%d")
+    for d, rows in lake.groupby(day, sort=True):
+        write_parquet(rows.reset_index(drop=True), layout.event_partition(d) / f"{batch_id}.parquet")
+
+
+def _count_records(path: Path) -> int:
+    """Records in a file that could not be parsed: its non-empty lines after the header, best effort."""
+    if path.suffix != ".csv" or not path.exists():
+        return 0
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    return max(len(lines) - 1, 0)
