@@ -33,7 +33,10 @@ def generate(
 ) -> SourceData:
     rng = np.random.default_rng(seed)
     t0 = pd.Timestamp(start, tz="UTC").value // 10**9
-    n_views = int(np.ceil(n_events / (1 + p_cart + p_cart * p_buy)))
+    # Funnel sizes are fixed up front so that exactly n_events come out.
+    n_views = max(1, round(n_events / (1 + p_cart + p_cart * p_buy)))
+    n_carts = min(n_views, round(n_views * p_cart))
+    n_buys = min(n_carts, n_events - n_views - n_carts)
 
     # Sessions of ~5 views by users of skewed activity; views within a session are 10-120 s apart.
     n_sessions = max(1, n_views // 5)
@@ -46,11 +49,10 @@ def generate(
     view_time = session_start[session] + offset
     view_item = _zipf_choice(rng, n_items, n_views, zipf_a)
 
-    cart = np.flatnonzero(rng.random(n_views) < p_cart)
-    buy = cart[rng.random(len(cart)) < p_buy]
+    cart = rng.choice(n_views, n_carts, replace=False)
+    buy = rng.choice(cart, max(n_buys, 0), replace=False)
     rows = np.concatenate([np.arange(n_views), cart, buy])
     kind = np.repeat([0, 1, 2], [n_views, len(cart), len(buy)])
-    rows, kind = rows[:n_events], kind[:n_events]
     seconds = view_time[rows] + np.array([0, 30, 120])[kind]
     order = np.argsort(seconds, kind="stable")
     rows, kind, seconds = rows[order], kind[order], seconds[order]

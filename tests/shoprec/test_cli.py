@@ -1,0 +1,65 @@
+"""The shoprec command line: JSON verdicts and exit codes (0 accepted, 1 failed, 2 usage), the ledger, replay."""
+
+import json
+import os
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from shoprec.cli import app
+from tests.conftest import batch
+
+runner = CliRunner()
+
+
+def write(path, frame):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_validate_prints_a_json_verdict_and_exits_0_when_accepted(shoprec_home, tmp_path):
+    path = write(tmp_path / "b1.csv", batch([{}, {}, {}] * 10 + [{"user_id": ""}]))
+    result = runner.invoke(app, ["validate", str(path), "--as-of", "2024-01-02T00:00:00Z"])
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.stdout)
+    assert verdict["batch_id"] == "b1" and verdict["status"] == "accepted"
+    assert (verdict["received"], verdict["accepted"], verdict["quarantined"]) == (31, 30, 1)
+    assert verdict["failed_rules"] == {"user_id_missing": 1}
+
+
+def test_validate_exits_1_on_a_failed_batch(shoprec_home, tmp_path):
+    path = write(tmp_path / "b2.csv", batch([{}]).drop(columns=["event_type"]))
+    result = runner.invoke(app, ["validate", str(path), "--as-of", "2024-01-02T00:00:00Z"])
+    assert result.exit_code == 1
+    verdict = json.loads(result.stdout)
+    assert verdict["status"] == "failed" and "event_type" in verdict["reason"]
+
+
+def test_validate_exits_2_on_usage_errors(shoprec_home, tmp_path):
+    path = write(tmp_path / "b3.csv", batch([{}]))
+    assert runner.invoke(app, ["validate", str(path), "--as-of", "next tuesday"]).exit_code == 2
+    assert runner.invoke(app, ["validate"]).exit_code == 2
+    assert runner.invoke(app, ["validate", str(path), "--bogus"]).exit_code == 2
+
+
+def test_validate_judges_at_the_wall_clock_by_default(shoprec_home, tmp_path):
+    path = write(tmp_path / "old.csv", batch([{}]))  # stamped 2024-01-01: too old today
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["failed_rules"]["event_timestamp_too_old"] == 1
+
+
+def test_replay_ingest_and_status_on_the_bundled_dataset(shoprec_home):
+    # The same console script a user runs, in its own process.
+    shoprec = [sys.executable, "-m", "shoprec"]
+    env = {**os.environ, "SHOPREC_HOME": str(shoprec_home.home)}
+    replay = [*shoprec, "replay", "online_retail", "--every", "month"]
+    out = subprocess.run(replay, capture_output=True, text=True, env=env, check=True).stdout
+    assert "541,909 source rows -> 396,370 events in 13 batches" in out
+    result = runner.invoke(app, ["ingest"])
+    assert result.exit_code == 0, result.output
+    assert "catalog feed online_retail: 3,832 accepted, 0 quarantined" in result.output
+    last = result.output.strip().splitlines()[-1].split()
+    assert last == ["total", "396,370", "391,183", "5,187"]

@@ -1,0 +1,233 @@
+"""The gate on small hand-made batches: each rule, each batch-level failure, accounting and idempotence."""
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core.contract import LAKE_COLUMNS
+from core.layout import Layout, write_json, write_parquet
+from ingest import synthetic
+from ingest.replay import to_bytes
+from tests.conftest import batch
+from validation.gate import pending_batches, read_batch, run_gate
+
+AS_OF = "2024-01-02T00:00:00Z"
+
+
+def land(layout: Layout, name: str, frame: pd.DataFrame) -> Path:
+    path = layout.landing / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def lake(layout: Layout) -> pd.DataFrame:
+    files = sorted(layout.events.glob("*/*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame(columns=list(LAKE_COLUMNS))
+
+
+def quarantine(layout: Layout, batch_id: str) -> pd.DataFrame:
+    return pd.read_parquet(layout.quarantine / f"{batch_id}.parquet")
+
+
+def lake_digest(layout: Layout) -> dict[str, str]:
+    root = layout.home
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and (p.is_relative_to(layout.events) or p.is_relative_to(layout.quarantine))
+    }
+
+
+def test_clean_batch_is_accepted_into_date_partitions(layout, settings):
+    frame = batch([{}, {"event_timestamp": "2024-01-01T23:59:59Z"}, {"event_timestamp": "2023-12-31T10:00:00Z"}])
+    result = run_gate(land(layout, "b1", frame), layout, settings, as_of=AS_OF)
+    assert (result.status, result.received, result.accepted, result.quarantined) == ("accepted", 3, 3, 0)
+    partitions = sorted(p.name for p in layout.events.iterdir())
+    assert partitions == ["event_date=2023-12-31", "event_date=2024-01-01"]
+    stored = lake(layout)
+    assert list(stored.columns) == list(LAKE_COLUMNS)
+    assert set(stored["batch_id"]) == {"b1"}
+    assert str(stored["event_timestamp"].dt.tz) == "UTC"
+
+
+@pytest.mark.parametrize(
+    "row, rule",
+    [
+        ({"user_id": ""}, "user_id_missing"),
+        ({"item_id": "  "}, "item_id_missing"),
+        ({"event_id": ""}, "event_id_missing"),
+        ({"event_type": "wishlist"}, "event_type_unknown"),
+        ({"event_type": ""}, "event_type_unknown"),
+        ({"event_timestamp": ""}, "event_timestamp_missing"),
+        ({"event_timestamp": "yesterday-ish"}, "event_timestamp_missing"),
+        ({"event_timestamp": "2024-01-02T00:30:00Z"}, "event_timestamp_in_future"),
+        ({"event_timestamp": "2023-12-01T00:00:00Z"}, "event_timestamp_too_old"),
+        ({"quantity": "0"}, "quantity_not_positive"),
+        ({"quantity": "three"}, "quantity_not_a_number"),
+        ({"price": "-0.01"}, "price_negative"),
+        ({"price": "£2"}, "price_not_a_number"),
+        ({"event_id": "e0"}, "event_id_repeated_in_batch"),
+    ],
+)
+def test_each_rule_quarantines_its_row_with_its_reason(layout, settings, row, rule):
+    good = [{} for _ in range(30)]  # enough good rows to stay under the batch failure threshold
+    frame = batch([*good, row])
+    result = run_gate(land(layout, "b1", frame), layout, settings, as_of=AS_OF)
+    assert result.status == "accepted"
+    assert (result.accepted, result.quarantined) == (30, 1)
+    assert result.failed_rules == {rule: 1}
+    bad = quarantine(layout, "b1")
+    assert list(bad["reason"]) == [rule]
+    assert list(bad["row"]) == [31]  # the row's position in the batch, so it can be found and fixed
+    assert len(lake(layout)) == 30
+
+
+def test_a_row_breaking_several_rules_lists_them_all(layout, settings):
+    frame = batch([{} for _ in range(30)] + [{"user_id": "", "event_type": "zap", "quantity": "-2"}])
+    run_gate(land(layout, "b1", frame), layout, settings, as_of=AS_OF)
+    (reason,) = quarantine(layout, "b1")["reason"]
+    assert set(reason.split(";")) == {"user_id_missing", "event_type_unknown", "quantity_not_positive"}
+
+
+def test_optional_columns_may_be_absent_and_empty_values_pass(layout, settings):
+    frame = batch([{}, {}]).drop(columns=["session_id", "quantity", "price"])
+    result = run_gate(land(layout, "b1", frame), layout, settings, as_of=AS_OF)
+    assert (result.status, result.accepted) == ("accepted", 2)
+
+
+def test_missing_required_column_fails_loudly_and_writes_nothing_to_the_lake(layout, settings):
+    path = land(layout, "b1", batch([{}, {}]).drop(columns=["user_id"]))
+    result = run_gate(path, layout, settings, as_of=AS_OF)
+    assert result.status == "failed"
+    assert "missing required column(s) user_id" in result.reason
+    assert "\n" not in result.reason
+    assert (result.received, result.accepted, result.quarantined) == (2, 0, 2)
+    assert not layout.events.exists()
+    assert (layout.quarantine / "b1.raw.csv").read_bytes() == path.read_bytes()
+
+
+def test_wrong_encoding_fails_loudly(layout, settings):
+    path = layout.landing / "latin.csv"
+    path.parent.mkdir(parents=True)
+    text = batch([{"item_id": "crème brûlée"}]).to_csv(index=False)
+    path.write_bytes(text.encode("latin-1"))
+    result = run_gate(path, layout, settings, as_of=AS_OF)
+    assert result.status == "failed" and "not UTF-8" in result.reason
+    assert (layout.quarantine / "latin.raw.csv").exists()
+
+
+def test_truncated_parquet_fails_loudly(layout, settings):
+    path = layout.landing / "cut.parquet"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(to_bytes(synthetic.generate(100).events, "parquet")[:500])
+    result = run_gate(path, layout, settings, as_of=AS_OF)
+    assert result.status == "failed" and "not readable as parquet" in result.reason
+
+
+def test_empty_batches_are_accepted_with_zero_rows(layout, settings):
+    header_only = land(layout, "header", batch([{}]).iloc[:0])
+    zero_bytes = layout.landing / "nothing.csv"
+    zero_bytes.touch()
+    for path in (header_only, zero_bytes):
+        result = run_gate(path, layout, settings, as_of=AS_OF)
+        assert (result.status, result.received, result.accepted, result.quarantined) == ("accepted", 0, 0, 0)
+    assert not layout.events.exists()
+
+
+def test_too_many_bad_rows_fail_the_batch_and_keep_every_row(layout, settings):
+    frame = batch([{} for _ in range(8)] + [{"user_id": ""}, {"user_id": ""}])  # 20% bad, limit 5%
+    result = run_gate(land(layout, "b1", frame), layout, settings, as_of=AS_OF)
+    assert result.status == "failed"
+    assert "2 of 10 rows (20.0%)" in result.reason and "user_id_missing (2)" in result.reason
+    assert (result.accepted, result.quarantined) == (0, 10)
+    assert not layout.events.exists()
+    kept = quarantine(layout, "b1")
+    assert list(kept["reason"]).count("batch_failed") == 8
+    assert list(kept["reason"]).count("user_id_missing") == 2
+
+
+def test_unknown_items_are_flagged_but_accepted(layout, settings):
+    write_parquet(pd.DataFrame({"item_id": ["i1"]}), layout.catalog)
+    frame = batch([{}, {"item_id": "new-item"}, {"item_id": "new-item"}])
+    result = run_gate(land(layout, "b1", frame), layout, settings, as_of=AS_OF)
+    assert (result.status, result.accepted) == ("accepted", 3)
+    assert result.flagged == {"item_unknown": 2}
+    assert list(lake(layout).sort_values("event_id")["item_known"]) == [True, False, False]
+
+
+def test_resent_events_are_duplicates_not_new_events(layout, settings):
+    frame = batch([{} for _ in range(40)])
+    first = run_gate(land(layout, "b1", frame), layout, settings, as_of=AS_OF)
+    assert first.accepted == 40
+    # The same events again under another batch name: nothing new; the batch fails loudly.
+    again = run_gate(land(layout, "b2", frame), layout, settings, as_of=AS_OF)
+    assert again.status == "failed"
+    assert again.failed_rules["event_id_already_accepted"] == 40
+    assert len(lake(layout)) == 40
+    # One re-sent event inside a fresh batch is quarantined alone.
+    mixed = batch([{} for _ in range(40)] + [{"event_id": "e3"}]).assign(event_id=lambda f: f["event_id"] + "x")
+    mixed.loc[40, "event_id"] = "e3"
+    third = run_gate(land(layout, "b3", mixed), layout, settings, as_of=AS_OF)
+    assert third.failed_rules == {"event_id_already_accepted": 1}
+
+
+def test_rerunning_a_batch_leaves_lake_and_quarantine_byte_identical(layout, settings):
+    events = synthetic.generate(3000, n_users=50, n_items=40, bad_share=0.02, start="2024-01-01", days=1).events
+    path = layout.landing / "syn.csv"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(to_bytes(events, "csv"))
+    first = run_gate(path, layout, settings, as_of="2024-01-02T00:00:00Z")
+    before = lake_digest(layout)
+    second = run_gate(path, layout, settings, as_of="2024-01-02T00:00:00Z")
+    assert first == second
+    assert lake_digest(layout) == before
+    assert first.accepted + first.quarantined == first.received == 3000
+
+
+def test_synthetic_damage_is_caught_rule_by_rule(layout, settings):
+    source = synthetic.generate(7000, bad_share=0.01, days=1, start="2024-01-01")
+    path = layout.landing / "syn.parquet"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(to_bytes(source.events, "parquet"))
+    result = run_gate(path, layout, settings, as_of="2024-01-02T00:00:00Z")
+    assert result.status == "accepted"
+    assert result.quarantined == 70  # 1% of 7,000, ten of each of the seven kinds
+    assert result.failed_rules == {
+        "user_id_missing": 10, "event_type_unknown": 10, "event_timestamp_in_future": 10,
+        "quantity_not_positive": 10, "price_negative": 10, "event_id_repeated_in_batch": 10,
+        "event_timestamp_missing": 10,
+    }  # fmt: skip
+
+
+def test_time_rules_follow_the_batch_logical_time_not_the_clock(layout, settings):
+    old = batch([{"event_timestamp": "2010-12-01T09:00:00Z"} for _ in range(3)])
+    path = land(layout, "old", old)
+    then = run_gate(path, layout, settings, as_of="2010-12-02T00:00:00Z")
+    assert (then.status, then.accepted) == ("accepted", 3)
+    now = run_gate(path, layout, settings)  # judged at the wall clock, 2010 is long past the retention window
+    assert now.status == "failed" and now.failed_rules["event_timestamp_too_old"] == 3
+
+
+def test_manifest_gives_the_logical_interval(layout, settings):
+    frame = batch([{"event_timestamp": "2024-01-01T00:00:01Z"}, {"event_timestamp": "2024-01-07T23:00:00Z"}])
+    path = land(layout, "week", frame)
+    write_json(layout.manifest("week"), {"interval_start": "2024-01-01T00:00:00Z", "as_of": "2024-01-08T00:00:00Z"})
+    result = run_gate(path, layout, settings)
+    assert (result.status, result.accepted) == ("accepted", 2)
+    assert result.interval_start.startswith("2024-01-01") and result.as_of.startswith("2024-01-08")
+
+
+def test_pending_batches_are_the_unjudged_ones_in_id_order(layout, settings):
+    for name in ("b2", "b1", "b3"):
+        land(layout, name, batch([{}]))
+    assert [p.stem for p in pending_batches(layout)] == ["b1", "b2", "b3"]
+    run_gate(layout.landing / "b2.csv", layout, settings, as_of=AS_OF)
+    assert [p.stem for p in pending_batches(layout)] == ["b1", "b3"]
+
+
+def test_read_batch_keeps_values_as_text(layout):
+    path = land(layout, "b1", batch([{"user_id": "007"}]))
+    assert read_batch(path).loc[0, "user_id"] == "007"  # ids are not numbers: leading zeros survive
