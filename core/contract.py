@@ -1,5 +1,7 @@
 """The canonical event contract and item catalog that every source is mapped onto (DESIGN.md)."""
 
+import pyarrow as pa
+
 EVENT_TYPES = ("view", "add_to_cart", "purchase", "impression", "click")
 
 # Column order of a batch in the landing zone and of the event lake.
@@ -11,3 +13,11 @@ EVENT_COLUMNS = REQUIRED_EVENT_COLUMNS + OPTIONAL_EVENT_COLUMNS
 LAKE_COLUMNS = EVENT_COLUMNS + ("item_known", "batch_id")
 
 CATALOG_COLUMNS = ("item_id", "title", "description", "category", "price", "first_seen")
+
+# The event lake's parquet schema, fixed so every reader (features, training) sees the same types whatever wrote it.
+LAKE_SCHEMA = pa.schema(
+    [(c, pa.string()) for c in REQUIRED_EVENT_COLUMNS[:4]]
+    + [("event_timestamp", pa.timestamp("ns", tz="UTC")), ("session_id", pa.string()),
+       ("quantity", pa.float64()), ("price", pa.float64()), ("item_known", pa.bool_()), ("batch_id", pa.string())]
+)  # fmt: skip
+assert tuple(LAKE_SCHEMA.names) == LAKE_COLUMNS

@@ -18,6 +18,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 BATCH_SUFFIXES = (".csv", ".parquet")
 
 
@@ -101,6 +104,13 @@ def parquet_bytes(frame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+def table_bytes(table) -> bytes:
+    """An Arrow table as parquet bytes; the same table always gives the same bytes."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    return buffer.getvalue().to_pybytes()
 
 
 def write_parquet(frame, path: Path) -> None:

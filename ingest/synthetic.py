@@ -91,7 +91,7 @@ def _zipf_choice(rng: np.random.Generator, n: int, size: int, a: float) -> np.nd
 
 def _damage(events: pd.DataFrame, rng: np.random.Generator, bad_share: float) -> None:
     """Spoil bad_share of the rows in place, cycling through BAD_KINDS."""
-    n_bad = int(round(bad_share * len(events)))
+    n_bad = round(bad_share * len(events))
     if n_bad == 0:
         return
     bad = rng.choice(np.arange(1, len(events)), n_bad, replace=False)

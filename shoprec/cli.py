@@ -3,7 +3,7 @@
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,9 +21,7 @@ def _layout() -> Layout:
 def replay(
     dataset: Annotated[str, typer.Argument(help="online_retail, taobao or movielens")],
     every: Annotated[str, typer.Option(help="batch length: day, week or month")] = "day",
-    data_dir: Annotated[
-        Optional[Path], typer.Option(help="folder holding the dataset (default SHOPREC_DATA_DIR)")
-    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="folder holding the dataset (default SHOPREC_DATA_DIR)")] = None,
 ) -> None:
     """Cut a dataset into time-ordered batches in the landing zone, as if the shop were sending them."""
     from ingest import datasets
@@ -42,7 +40,7 @@ def replay(
 @app.command()
 def validate(
     path: Annotated[Path, typer.Argument(help="a batch file (CSV or parquet) in the canonical contract")],
-    as_of: Annotated[Optional[str], typer.Option(help="logical time of the batch (ISO 8601); default: now")] = None,
+    as_of: Annotated[str | None, typer.Option(help="logical time of the batch (ISO 8601); default: now")] = None,
 ) -> None:
     """Run the gate on one batch and print its verdict as JSON. Exit 0 if accepted, 1 if the batch failed."""
     from validation.gate import run_gate

@@ -231,3 +231,12 @@ def test_pending_batches_are_the_unjudged_ones_in_id_order(layout, settings):
 def test_read_batch_keeps_values_as_text(layout):
     path = land(layout, "b1", batch([{"user_id": "007"}]))
     assert read_batch(path).loc[0, "user_id"] == "007"  # ids are not numbers: leading zeros survive
+
+
+def test_a_csv_cut_mid_line_quarantines_the_cut_row_and_keeps_the_rest(layout, settings):
+    path = land(layout, "cut", batch([{} for _ in range(30)]))
+    *lines, last = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, ",".join(last.split(",")[:3])]))  # the last line stops after item_id
+    result = run_gate(path, layout, settings, as_of=AS_OF)
+    assert (result.status, result.received, result.accepted, result.quarantined) == ("accepted", 30, 29, 1)
+    assert quarantine(layout, "cut")["row"].tolist() == [30]
