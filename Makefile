@@ -32,12 +32,17 @@ demo: install
 	  || { tail -n 30 $(SHOPREC_HOME)/airflow-demo.log; exit 1; }
 	@echo "ingest_events ran under Airflow (log: $(SHOPREC_HOME)/airflow-demo.log). The ledger:"
 	$(BIN)/shoprec status
+	$(BIN)/airflow dags test materialize_features > $(SHOPREC_HOME)/airflow-features.log 2>&1 \
+	  || { tail -n 30 $(SHOPREC_HOME)/airflow-features.log; exit 1; }
+	@echo "materialize_features ran under Airflow (log: $(SHOPREC_HOME)/airflow-features.log). An online read:"
+	$(BIN)/shoprec features read 12748 23084 22086 23355 --service ranker_v1
 
 test: install
 	$(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python -m bench.validation
+	$(BIN)/python -m bench.features
 
 clean:
 	rm -rf .shoprec

@@ -9,6 +9,9 @@ quarantine/<batch_id>.raw.<ext>          a batch that could not be read at all, 
 quarantine/source/<dataset>.parquet      source rows a dataset adapter could not map onto the contract
 gate/<batch_id>.json                     the gate's verdict per batch: the ingest ledger
 docs/                                    Great Expectations Data Docs (HTML)
+features/<view>/<day>.parquet            feature rows per feature view and day (Feast's offline sources)
+features/item_catalog.parquet            catalog features, with text_embeddings.parquet caching embeddings
+feast/                                   Feast's registry and SQLite online store (embedded environment)
 """
 
 import io
@@ -53,6 +56,14 @@ class Layout:
     @property
     def docs(self) -> Path:
         return self.home / "docs"
+
+    @property
+    def features(self) -> Path:
+        return self.home / "features"
+
+    @property
+    def feast(self) -> Path:
+        return self.home / "feast"
 
     def event_partition(self, day: str) -> Path:
         return self.events / f"event_date={day}"

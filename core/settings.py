@@ -3,6 +3,7 @@
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,16 @@ class Settings(BaseSettings):
     )
     ingest_schedule: str = Field("@hourly", description="Cron or preset schedule of the ingest_events DAG.")
     task_retries: int = Field(2, ge=0, description="Airflow retries per task.")
+    feast_env: Literal["embedded", "production"] = Field(
+        "embedded",
+        description="Which feature_store.yaml under features/repo/environments/ to use: embedded (file registry, "
+        "SQLite online store) or production (SQL registry on Postgres, Redis online store).",
+    )
+    redis_url: str = Field("localhost:6379", description="Feast's Redis connection string (production).")
+    feast_registry_url: str = Field(
+        "postgresql+psycopg://shoprec:shoprec@localhost:5432/shoprec",
+        description="SQLAlchemy URL of Feast's SQL registry (production).",
+    )
 
 
 @lru_cache

@@ -11,7 +11,8 @@ from airflow.sdk import Asset, dag, task
 
 from core.settings import get_settings
 
-EVENTS_LAKE = Asset(name="shoprec_events_lake", uri="shoprec://lake/events")
+EVENTS_LAKE = Asset(name="shoprec_events_lake", uri="shoprec://lake/events")  # materialize_features waits on it
+
 settings = get_settings()
 
 

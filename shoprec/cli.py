@@ -1,6 +1,7 @@
 """`shoprec`: replay datasets, run the gate, generate synthetic shops, and see the ingest ledger."""
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -98,6 +99,88 @@ def generate(
     source = synthetic.generate(events, n_users=users, n_items=items, bad_share=bad_share, seed=seed)
     write_atomically(out, to_bytes(source.events, out.suffix.lstrip(".")))
     typer.echo(f"wrote {len(source.events):,} events to {out}")
+
+
+features_app = typer.Typer(no_args_is_help=True, help="Feature tables, the Feast store, and online reads.")
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("build")
+def features_build(
+    full: Annotated[
+        bool, typer.Option("--all", help="rebuild every day of the lake, not only the pending ones")
+    ] = False,
+) -> None:
+    """Compute the feature tables from the event lake: the days a late event may still have changed, or --all."""
+    from features.build import build, build_pending
+
+    settings, layout = get_settings(), _layout()
+    report = build(layout) if full else build_pending(layout, settings)
+    typer.echo(json.dumps(report.to_dict(), indent=2))
+
+
+@features_app.command("materialize")
+def features_materialize() -> None:
+    """`feast apply`, then incremental materialisation up to the lake's logical time."""
+    from features.build import lake_as_of
+    from features.store import apply, materialize, open_store
+
+    settings, layout = get_settings(), _layout()
+    end = lake_as_of(layout)
+    if end is None:
+        typer.echo("the event lake is empty: run `shoprec ingest` first", err=True)
+        raise typer.Exit(1)
+    store = open_store(settings)
+    apply(store, settings)
+    typer.echo(json.dumps(materialize(store, layout, end), indent=2))
+
+
+@features_app.command("read")
+def features_read(
+    user_id: Annotated[str, typer.Argument(help="a user id")],
+    item_ids: Annotated[list[str], typer.Argument(help="item ids")],
+    service: Annotated[str, typer.Option(help="feature service")] = "ranker_v1",
+    as_of: Annotated[
+        str | None, typer.Option(help="judge freshness at this time; default: the lake's logical time")
+    ] = None,
+) -> None:
+    """Read one user's and some items' online features through the serving read path, as JSON."""
+    from features.build import lake_as_of
+    from features.online import OnlineFeatures
+    from features.store import open_store
+
+    settings, layout = get_settings(), _layout()
+    if as_of is not None:
+        _check_time(as_of)
+    reader = OnlineFeatures(open_store(settings), service, layout)
+    found = reader.read(user_id, item_ids, as_of=as_of or lake_as_of(layout))
+    rows = {"user_id": user_id, "user_status": found.user_status,
+            "user": {k: _plain(v[0]) for k, v in found.user.items()},
+            "items": [{"item_id": item, **{v: str(s[i]) for v, s in found.item_status.items()},
+                       **{k: _plain(v[i]) for k, v in found.items.items() if "text_embedding" not in k}}
+                      for i, item in enumerate(item_ids)]}  # fmt: skip
+    typer.echo(json.dumps(rows, indent=2))
+
+
+@features_app.command("catalog")
+def features_catalog(
+    out: Annotated[Path, typer.Option(help="markdown file to write")] = Path("docs/feature_catalog.md"),
+) -> None:
+    """Write the feature catalog (views, features, descriptions, owners, tags) as markdown."""
+    from features.catalog_page import catalog_markdown
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(catalog_markdown())
+    typer.echo(f"wrote {out}")
+
+
+def _plain(value):
+    """A numpy value as JSON: NaN (a blanked stale or missing value) becomes null."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float):
+        return None if math.isnan(value) else float(f"{value:.7g}")  # float32 precision, without float32 noise
+    return value
 
 
 def _check_time(text: str) -> None:

@@ -63,3 +63,29 @@ def test_replay_ingest_and_status_on_the_bundled_dataset(shoprec_home):
     assert "catalog feed online_retail: 3,832 accepted, 0 quarantined" in result.output
     last = result.output.strip().splitlines()[-1].split()
     assert last == ["total", "396,370", "391,183", "5,187"]
+
+
+def test_features_build_materialize_and_read(shoprec_home):
+    from core.layout import Layout
+    from tests.features.conftest import write_synthetic_shop
+
+    layout = Layout(shoprec_home.home)
+    result = runner.invoke(app, ["features", "materialize"])
+    assert result.exit_code == 1 and "lake is empty" in result.output
+    events = write_synthetic_shop(layout, 1_000, n_users=40, n_items=30, days=3, seed=5)
+
+    built = runner.invoke(app, ["features", "build"])
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["last_day"] == "2024-03-03"
+    materialized = runner.invoke(app, ["features", "materialize"])
+    assert materialized.exit_code == 0, materialized.output
+    user, item = events["user_id"].iloc[-1], events["item_id"].iloc[-1]
+    read = runner.invoke(app, ["features", "read", user, item, "nope"])
+    assert read.exit_code == 0, read.output
+    answer = json.loads(read.stdout)
+    assert answer["user_status"] == {"user_activity": "fresh"}
+    assert answer["items"][1]["item_catalog"] == "missing" and answer["items"][1]["item_catalog__price"] is None
+    stale = json.loads(runner.invoke(app, ["features", "read", user, item, "--as-of", "2024-04-01"]).stdout)
+    assert stale["user_status"] == {"user_activity": "stale"} and stale["user"]["user_activity__views_7d"] is None
+    bad = runner.invoke(app, ["features", "read", user, item, "--as-of", "soon"])
+    assert bad.exit_code == 2

@@ -1,0 +1,22 @@
+"""Feature services, named model + version: training and serving fetch by these, never by ad-hoc lists."""
+
+from feast import FeatureService
+
+from features.repo.views import item_catalog, item_popularity, user_activity
+
+two_tower_v1 = FeatureService(
+    name="two_tower_v1",
+    features=[
+        user_activity[["recent_items", "views_7d", "purchases_30d"]],
+        item_catalog[["category", "price", "text_embedding"]],
+    ],
+    owner="training@shoprec",
+    description="Inputs of the two-tower retrieval model: the user's recent items and activity, the item's text.",
+)
+
+ranker_v1 = FeatureService(
+    name="ranker_v1",
+    features=[user_activity, item_popularity, item_catalog[["category", "price"]]],
+    owner="training@shoprec",
+    description="Inputs of the multi-task ranker: user activity, item popularity and catalog attributes.",
+)

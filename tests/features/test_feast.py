@@ -1,0 +1,145 @@
+"""The Feast store for real: point-in-time training sets without leakage, materialisation, and the online read
+path with its staleness rule, on SQLite and on a real redis-server."""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+from features.build import build
+from features.online import MISSING, STALE, OnlineFeatures
+from features.store import apply, materialize, open_store
+from features.training_sets import training_set
+from tests.features.conftest import brute_force, online_rows
+
+END = pd.Timestamp("2024-03-22", tz="UTC")  # the lake's logical time: the end of the shop's last day
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    """A real redis-server on a free port (.ci/run installs it); skipped with a message where it is absent."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it with apt-get)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    os.killpg(server.pid, 15)
+    server.wait(timeout=10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def online_settings(request, settings):
+    if request.param == "sqlite":
+        return settings
+    url = request.getfixturevalue("redis_url")
+    # The production environment: Redis online store, SQL registry (SQLite here stands in for Postgres).
+    return settings.model_copy(update={"feast_env": "production", "redis_url": url,
+                                       "feast_registry_url": f"sqlite:///{settings.home}/registry.db"})  # fmt: skip
+
+
+@pytest.fixture
+def store(layout, settings, shop):
+    build(layout)
+    store = open_store(settings)
+    apply(store, settings)
+    return store
+
+
+def test_training_rows_see_only_events_before_them(store, shop):
+    rows = shop.sample(300, random_state=3)[["user_id", "item_id", "event_timestamp", "event_type"]]
+    joined = training_set(store, rows, "ranker_v1")
+    assert len(joined) == len(rows) and (joined["event_type"].to_numpy() == rows["event_type"].to_numpy()).all()
+    for row in joined.itertuples():
+        # The row joins the snapshot stamped at the midnight before it, which counts events before that midnight.
+        stamp = row.event_timestamp.floor("D")
+        expected = brute_force(shop, "user_id", row.user_id, stamp)
+        if not expected["active"]:
+            assert pd.isna(row.user_activity__purchases_30d), "no history: no features"
+            continue
+        assert row.user_activity__purchases_30d == expected["purchases_30d"]
+        assert row.user_activity__views_7d == expected["views_7d"]
+        assert list(row.user_activity__recent_items) == expected["recent_items"]
+        before = shop[(shop["user_id"] == row.user_id) & (shop["event_timestamp"] < row.event_timestamp)]
+        assert row.user_activity__purchases_30d <= (before["event_type"] == "purchase").sum(), "no leakage"
+
+
+def test_a_users_first_event_sees_empty_history(store, shop):
+    first = shop.sort_values("event_timestamp").groupby("user_id").head(1).head(50)
+    joined = training_set(store, first[["user_id", "item_id", "event_timestamp"]], "ranker_v1")
+    assert joined["user_activity__views_7d"].isna().all()
+    assert joined["user_activity__recent_items"].isna().all()
+
+
+def test_two_events_in_the_same_second_both_come_back(store, shop):
+    row = shop.iloc[[100]][["user_id", "item_id", "event_timestamp"]]
+    twice = pd.concat([row.assign(order_id="A", label=1), row.assign(order_id="B", label=0)])
+    joined = training_set(store, twice, "two_tower_v1")
+    assert joined["order_id"].tolist() == ["A", "B"] and joined["label"].tolist() == [1, 0]
+    assert joined.filter(like="__").iloc[0].astype(str).equals(joined.filter(like="__").iloc[1].astype(str))
+
+
+def test_training_set_rejects_rows_it_cannot_join(store):
+    with pytest.raises(ValueError, match="no entity rows"):
+        training_set(store, pd.DataFrame(columns=["user_id", "item_id", "event_timestamp"]), "ranker_v1")
+    with pytest.raises(ValueError, match="event_timestamp"):
+        training_set(store, pd.DataFrame({"user_id": ["u"], "item_id": ["i"]}), "ranker_v1")
+
+
+def test_materialising_twice_leaves_the_online_store_identical(store, layout, settings):
+    first = materialize(store, layout, END)
+    assert set(first["materialized"]) == {"user_activity", "item_popularity", "item_catalog"}
+    before = online_rows(settings.home)
+    again = materialize(store, layout, END)
+    assert again["materialized"] == {} and online_rows(settings.home) == before
+
+
+def test_online_reads_are_fresh_then_stale_past_the_ttl(online_settings, layout, shop):
+    build(layout)
+    store = open_store(online_settings)
+    apply(store, online_settings)
+    materialize(store, layout, END)
+    reader = OnlineFeatures(store, "ranker_v1", layout)
+    user = shop["user_id"].iloc[-1]
+    items = shop["item_id"].drop_duplicates().head(200).tolist() + ["no-such-item"]
+    fresh = reader.read(user, items, as_of=END)
+    expected = brute_force(shop, "user_id", user, END)
+    assert fresh.user_status == {"user_activity": "fresh"}
+    assert fresh.user["user_activity__purchases_30d"][0] == expected["purchases_30d"]
+    assert fresh.items["item_popularity__purchases_30d"].shape == (len(items),)
+    assert fresh.items["item_catalog__price"].dtype == "float32"
+    assert fresh.item_status["item_catalog"][-1] == MISSING
+    assert fresh.stale_views() == []
+    # Three days on with no new materialisation: every windowed value is older than its 2-day TTL.
+    later = reader.read(user, items, as_of=END + pd.Timedelta(days=3))
+    assert later.user_status == {"user_activity": STALE} and later.stale_views() == ["item_popularity", "user_activity"]
+    assert pd.isna(later.user["user_activity__purchases_30d"][0]), "a stale value is never served"
+    assert later.item_status["item_catalog"][0] == "fresh", "catalog attributes have no TTL"
+    unknown = reader.read("no-such-user", items[:3], as_of=END)
+    assert unknown.user_status == {"user_activity": MISSING}
+
+
+def test_item_cache_follows_the_materialisation_version(store, layout, shop):
+    materialize(store, layout, END - pd.Timedelta(days=1))
+    reader = OnlineFeatures(store, "ranker_v1", layout)
+    items = shop["item_id"].drop_duplicates().head(20).tolist()
+    before = reader.read(shop["user_id"].iloc[0], items, as_of=END).items["item_popularity__purchases_30d"]
+    time.sleep(0.01)
+    materialize(store, layout, END)  # the last day's snapshot now reaches the online store
+    after = reader.read(shop["user_id"].iloc[0], items, as_of=END).items["item_popularity__purchases_30d"]
+    online = store.get_online_features(features=["item_popularity:purchases_30d"],
+                                       entity_rows=[{"item_id": i} for i in items]).to_dict()["purchases_30d"]  # fmt: skip
+    assert [None if pd.isna(v) else v for v in after.tolist()] == online
+    assert not (pd.Series(before).fillna(-1) == pd.Series(after).fillna(-1)).all()
