@@ -143,3 +143,15 @@ def test_item_cache_follows_the_materialisation_version(store, layout, shop):
                                        entity_rows=[{"item_id": i} for i in items]).to_dict()["purchases_30d"]  # fmt: skip
     assert [None if pd.isna(v) else v for v in after.tolist()] == online
     assert not (pd.Series(before).fillna(-1) == pd.Series(after).fillna(-1)).all()
+
+
+def test_a_backfilled_row_wins_over_the_row_it_corrects(store, layout, shop):
+    """Two rows for one user and stamp: Feast keeps the later created_timestamp, so a backfill corrects history."""
+    day = layout.features / "user_activity" / "2024-03-10.parquet"
+    original = pd.read_parquet(day)
+    corrected = original.head(1).assign(purchases_30d=999, created_timestamp=original["created_timestamp"].iloc[0]
+                                        + pd.Timedelta(days=1))  # fmt: skip
+    corrected.to_parquet(day.with_name("2024-03-10-backfill.parquet"), index=False)
+    user, stamp = corrected["user_id"].iloc[0], corrected["event_timestamp"].iloc[0]
+    rows = pd.DataFrame({"user_id": [user], "item_id": ["i1"], "event_timestamp": [stamp + pd.Timedelta(hours=1)]})
+    assert training_set(store, rows, "ranker_v1")["user_activity__purchases_30d"].iloc[0] == 999
