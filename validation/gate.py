@@ -252,8 +252,9 @@ def _write_lake(accepted: pd.DataFrame, layout: Layout, batch_id: str) -> None:
     table = pa.Table.from_pandas(lake, schema=LAKE_SCHEMA, preserve_index=False).replace_schema_metadata(None)
     # Day arithmetic in numpy: strftime on a million tz-aware timestamps takes seconds.
     day = lake["event_timestamp"].dt.tz_convert(None).to_numpy().astype("datetime64[D]")
-    for d in np.unique(day):
-        rows = table if day[0] == day[-1] == d else table.filter(pa.array(day == d))
+    days = np.unique(day)
+    for d in days:
+        rows = table if len(days) == 1 else table.filter(pa.array(day == d))
         write_atomically(layout.event_partition(str(d)) / f"{batch_id}.parquet", table_bytes(rows))
 
 

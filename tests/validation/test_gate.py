@@ -240,3 +240,12 @@ def test_a_csv_cut_mid_line_quarantines_the_cut_row_and_keeps_the_rest(layout, s
     result = run_gate(path, layout, settings, as_of=AS_OF)
     assert (result.status, result.received, result.accepted, result.quarantined) == ("accepted", 30, 29, 1)
     assert quarantine(layout, "cut")["row"].tolist() == [30]
+
+
+def test_a_batch_spanning_days_puts_each_event_in_its_own_day_once(layout, settings):
+    days = ["2024-01-01T10:00:00Z", "2023-12-31T23:00:00Z", "2024-01-01T11:00:00Z"]  # first and last on one day
+    result = run_gate(land(layout, "b1", batch([{"event_timestamp": t} for t in days])), layout, settings, as_of=AS_OF)
+    stored = lake(layout)
+    assert result.accepted == 3 and sorted(stored["event_id"]) == ["e0", "e1", "e2"]
+    assert sorted(p.parent.name for p in layout.events.glob("*/b1.parquet")) == [
+        "event_date=2023-12-31", "event_date=2024-01-01"]  # fmt: skip
