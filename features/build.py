@@ -44,7 +44,7 @@ def lake_days(layout: Layout) -> list[str]:
 
 def lake_as_of(layout: Layout) -> pd.Timestamp | None:
     """The logical time of the newest batch the gate accepted: how far the lake is known to be complete."""
-    ends = [read_json(p)["as_of"] for p in layout.gate.glob("*.json")]
+    ends = [r["as_of"] for p in layout.gate.glob("*.json") if (r := read_json(p)).get("status") == "accepted"]
     return max(pd.Timestamp(t) for t in ends) if ends else None
 
 
@@ -72,10 +72,9 @@ def build(layout: Layout, first_day: str | None = None, last_day: str | None = N
         report.first_day, report.last_day = first, last
         events = read_events(layout, last)
         snapshot_days = np.arange(np.datetime64(first, "D"), np.datetime64(last, "D") + 1)
-        catalog_first_seen = _catalog_first_seen(layout)
-        for view, compute in (("user_activity", user_activity), ("item_popularity", item_popularity)):
-            kwargs = {"catalog_first_seen": catalog_first_seen} if view == "item_popularity" else {}
-            table = compute(events, snapshot_days, **kwargs)
+        tables = {"user_activity": user_activity(events, snapshot_days),
+                  "item_popularity": item_popularity(events, snapshot_days, _catalog_first_seen(layout))}  # fmt: skip
+        for view, table in tables.items():
             report.rows[view] = _write_days(layout, view, table, snapshot_days, created)
     report.rows["item_catalog"], report.embedded_texts = build_catalog(layout, created)
     return report

@@ -22,10 +22,6 @@ from great_expectations.data_context.types.resource_identifiers import (
 from great_expectations.execution_engine import pandas_execution_engine
 from great_expectations.expectations.metadata_types import FailureSeverity
 
-# GX fingerprints every in-memory batch by hashing the whole DataFrame (about 1 s per million rows, twice per run)
-# just to label it; the gate names each run by its batch id instead, so the fingerprint is switched off.
-pandas_execution_engine.HASH_THRESHOLD = 0
-
 # COMPLETE gives every unexpected row index; the value lists it also carries are not needed.
 RESULT_FORMAT = {"result_format": "COMPLETE", "partial_unexpected_count": 0, "return_unexpected_index_query": False}
 ROW_LISTS = ("unexpected_index_list", "unexpected_list", "partial_unexpected_list", "partial_unexpected_index_list",
@@ -34,6 +30,9 @@ ROW_LISTS = ("unexpected_index_list", "unexpected_list", "partial_unexpected_lis
 
 @lru_cache(maxsize=4)
 def _validator(suite_name: str, docs_dir: str, suite_factory):
+    # GX fingerprints every in-memory batch by hashing the whole DataFrame (about 1 s per million rows, twice per
+    # run) just to label it; the gate names each run by its batch id instead, so the fingerprint is switched off.
+    pandas_execution_engine.HASH_THRESHOLD = 0
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
     context.add_data_docs_site(

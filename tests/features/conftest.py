@@ -19,7 +19,7 @@ def write_lake(layout, events: pd.DataFrame, batch_id: str = "b1") -> None:
         write_atomically(layout.event_partition(day) / f"{batch_id}.parquet", table_bytes(table))
     (layout.gate).mkdir(parents=True, exist_ok=True)
     as_of = events["event_timestamp"].max().ceil("D")
-    (layout.gate / f"{batch_id}.json").write_text(f'{{"as_of": "{as_of.isoformat()}"}}')
+    (layout.gate / f"{batch_id}.json").write_text(f'{{"status": "accepted", "as_of": "{as_of.isoformat()}"}}')
 
 
 def write_synthetic_shop(layout, n_events: int, n_users: int, n_items: int, days: int, seed: int) -> pd.DataFrame:
