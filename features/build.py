@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from core.contract import EVENT_TYPES
 from core.layout import Layout, read_json, table_bytes, write_atomically, write_json
 from core.settings import Settings
 from features.text_embeddings import embed_catalog
@@ -21,6 +22,7 @@ from features.text_embeddings import embed_catalog
 LONG_WINDOW = 30  # days: purchases_30d, distinct_items_30d, and who gets a snapshot at all
 SHORT_WINDOW = 7  # days: views_7d, add_to_carts_7d
 RECENT_ITEMS = 20
+HISTORY_LENGTH = 100  # events per user_history row: what the models read as the user's own past
 CONVERSION_PSEUDO_VIEWS = 10.0
 DAY_NS = 86_400 * 10**9
 EVENT_COLUMNS = ["user_id", "item_id", "event_type", "event_timestamp"]
@@ -73,7 +75,8 @@ def build(layout: Layout, first_day: str | None = None, last_day: str | None = N
         events = read_events(layout, last)
         snapshot_days = np.arange(np.datetime64(first, "D"), np.datetime64(last, "D") + 1)
         tables = {"user_activity": user_activity(events, snapshot_days),
-                  "item_popularity": item_popularity(events, snapshot_days, _catalog_first_seen(layout))}  # fmt: skip
+                  "item_popularity": item_popularity(events, snapshot_days, _catalog_first_seen(layout)),
+                  "user_history": user_history(events, snapshot_days)}  # fmt: skip
         for view, table in tables.items():
             report.rows[view] = _write_days(layout, view, table, snapshot_days, created)
     report.rows["item_catalog"], report.embedded_texts = build_catalog(layout, created)
@@ -176,21 +179,49 @@ def user_activity(events: pd.DataFrame, snapshot_days: np.ndarray) -> pd.DataFra
 
 
 def _recent_items(codes: _Codes, rows: pd.DataFrame) -> pa.ListArray:
-    """Per snapshot row, the entity's last RECENT_ITEMS items before the snapshot's stamp, newest first.
+    """Per snapshot row, the entity's last RECENT_ITEMS items before the snapshot's stamp, newest first."""
+    positions, offsets = _last_events(codes, rows, RECENT_ITEMS)
+    return pa.ListArray.from_arrays(offsets, pa.array(codes.item[positions], type=pa.string()))
 
-    Events are sorted by (entity, time), so the items before a stamp are a slice ending where a binary search on
-    the (entity, day) key lands; a fixed-width gather then reads up to 20 of them backwards.
+
+def _last_events(codes: _Codes, rows: pd.DataFrame, length: int) -> tuple[np.ndarray, pa.Array]:
+    """Positions (into codes) of each row's entity's last `length` events before the row's stamp, newest first,
+    flattened, with list offsets.
+
+    Events are sorted by (entity, time), so the events before a stamp are a slice ending where a binary search on
+    the (entity, day) key lands; a fixed-width gather then reads up to `length` of them backwards.
     """
     span = np.int64(codes.day.max() + 2 if len(codes.day) else 1)
     keys = codes.entity * span + codes.day
     entity = rows["entity"].to_numpy(np.int64)
     end = np.searchsorted(keys, entity * span + rows["snapshot"].to_numpy(np.int64), side="right")
     start = np.searchsorted(keys, entity * span, side="left")
-    back = end[:, None] - 1 - np.arange(RECENT_ITEMS)[None, :]
+    back = end[:, None] - 1 - np.arange(length)[None, :]
     valid = back >= start[:, None]
     offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
-    values = pa.array(codes.item[back[valid]], type=pa.string())
-    return pa.ListArray.from_arrays(pa.array(offsets), values)
+    return back[valid], pa.array(offsets)
+
+
+def user_history(events: pd.DataFrame, snapshot_days: np.ndarray) -> pd.DataFrame:
+    """The user_history rows for the given days: one per user and day the user was active, holding the user's last
+    HISTORY_LENGTH events before the row's stamp (items, event types, unix seconds), newest first.
+
+    Unlike the windowed views a row is written only when the history changed, and never expires: the latest row at
+    or before t is the user's whole story up to t, however long ago they last came.
+    """
+    codes = _Codes(events, "user_id")
+    first, last = snapshot_days[0].astype(np.int64), snapshot_days[-1].astype(np.int64)
+    active = pd.DataFrame({"entity": codes.entity, "snapshot": codes.day}).drop_duplicates()
+    rows = active[(active["snapshot"] >= first) & (active["snapshot"] <= last)].reset_index(drop=True)
+    positions, offsets = _last_events(codes, rows, HISTORY_LENGTH)
+    type_codes = pd.Categorical(codes.type[positions], categories=list(EVENT_TYPES)).codes.astype(np.int64)
+    lists = {"history_items": pa.array(codes.item[positions], type=pa.string()),
+             "history_types": pa.array(type_codes, type=pa.int64()),
+             "history_times": pa.array(codes.ns[positions] // 10**9, type=pa.int64())}  # fmt: skip
+    table = pd.DataFrame({"user_id": codes.entities[rows["entity"].to_numpy()], "snapshot": rows["snapshot"]})
+    for name, values in lists.items():
+        table[name] = pa.ListArray.from_arrays(offsets, values)
+    return table
 
 
 def item_popularity(events: pd.DataFrame, snapshot_days: np.ndarray, catalog_first_seen: pd.Series) -> pd.DataFrame:

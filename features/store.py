@@ -44,8 +44,8 @@ def definitions(settings: Settings) -> list:
 
     from features.repo import entities, services, sources, views
 
-    objects = [entities.user, entities.item, views.user_activity, views.item_popularity, views.item_catalog,
-               services.two_tower_v1, services.ranker_v1]  # fmt: skip
+    objects = [entities.user, entities.item, views.user_activity, views.user_history, views.item_popularity,
+               views.item_catalog, services.two_tower_v1, services.ranker_v1]  # fmt: skip
     here, there = str(sources.FEATURES_DIR), str(Layout(settings.home).features)
     rehomed = []
     for obj in objects:

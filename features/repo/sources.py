@@ -22,4 +22,5 @@ def _source(name: str, path: str) -> FileSource:
 
 user_activity_source = _source("user_activity", "user_activity/*.parquet")
 item_popularity_source = _source("item_popularity", "item_popularity/*.parquet")
+user_history_source = _source("user_history", "user_history/*.parquet")
 item_catalog_source = _source("item_catalog", "item_catalog.parquet")

@@ -14,7 +14,7 @@ from feast import FeatureView, Field
 from feast.types import Array, Float32, Float64, Int64, String
 
 from features.repo.entities import item, user
-from features.repo.sources import item_catalog_source, item_popularity_source, user_activity_source
+from features.repo.sources import item_catalog_source, item_popularity_source, user_activity_source, user_history_source
 
 SNAPSHOT_TTL = timedelta(days=2)
 OWNER = "features@shoprec"
@@ -43,6 +43,31 @@ user_activity = FeatureView(
     owner=OWNER,
     description="What a shopper did recently; a daily snapshot per user active in the last 30 days.",
     tags={"grain": "daily", "entity": "user", "used_by": "two_tower_v1,ranker_v1"},
+)
+
+user_history = FeatureView(
+    name="user_history",
+    entities=[user],
+    ttl=timedelta(0),  # a history does not go stale: the latest row is the user's past however long ago
+    schema=[
+        Field(
+            name="history_items",
+            dtype=Array(String),
+            description="The user's last 100 events before t, newest first: their item ids (repeats kept).",
+        ),
+        Field(
+            name="history_types",
+            dtype=Array(Int64),
+            description="The event type of each history_items entry: 0 view, 1 add_to_cart, 2 purchase "
+            "(the index into core.contract.EVENT_TYPES).",
+        ),
+        Field(name="history_times", dtype=Array(Int64), description="Unix seconds of each history_items entry."),
+    ],
+    source=user_history_source,
+    owner=OWNER,
+    description="The user's own past, what the two-tower's user tower and the ranker's repeat features read; a row "
+    "per user and active day, stamped at the midnight after it.",
+    tags={"grain": "user_day", "entity": "user", "used_by": "two_tower_v1,ranker_v1"},
 )
 
 item_popularity = FeatureView(

@@ -33,6 +33,20 @@ def test_snapshots_match_the_definitions(layout, shop):
         assert row.first_seen_age_s >= 0
 
 
+def test_user_history_is_the_users_past_before_each_active_day(layout, shop):
+    build(layout)
+    history = pd.read_parquet(layout.features / "user_history")
+    active_days = shop.assign(day=shop["event_timestamp"].dt.normalize()).drop_duplicates(["user_id", "day"])
+    assert len(history) == len(active_days), "one row per user and day the user was active"
+    types = {"view": 0, "add_to_cart": 1, "purchase": 2}
+    for row in history.sample(40, random_state=3).itertuples():
+        mine = shop[(shop["user_id"] == row.user_id) & (shop["event_timestamp"] < row.event_timestamp)]
+        mine = mine.sort_values("event_timestamp", kind="stable").iloc[::-1][:100]
+        assert list(row.history_items) == list(mine["item_id"])
+        assert list(row.history_types) == [types[t] for t in mine["event_type"]]
+        assert list(row.history_times) == list(mine["event_timestamp"].astype("int64") // 10**9)
+
+
 def test_every_active_user_gets_a_snapshot_and_no_one_else(layout, shop):
     build(layout)
     users = pd.read_parquet(layout.features / "user_activity")

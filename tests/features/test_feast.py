@@ -100,7 +100,7 @@ def test_training_set_rejects_rows_it_cannot_join(store):
 
 def test_materialising_twice_leaves_the_online_store_identical(store, layout, settings):
     first = materialize(store, layout, END)
-    assert set(first["materialized"]) == {"user_activity", "item_popularity", "item_catalog"}
+    assert set(first["materialized"]) == {"user_activity", "user_history", "item_popularity", "item_catalog"}
     before = online_rows(settings.home)
     again = materialize(store, layout, END)
     assert again["materialized"] == {} and online_rows(settings.home) == before
@@ -116,19 +116,21 @@ def test_online_reads_are_fresh_then_stale_past_the_ttl(online_settings, layout,
     items = shop["item_id"].drop_duplicates().head(200).tolist() + ["no-such-item"]
     fresh = reader.read(user, items, as_of=END)
     expected = brute_force(shop, "user_id", user, END)
-    assert fresh.user_status == {"user_activity": "fresh"}
+    assert fresh.user_status == {"user_activity": "fresh", "user_history": "fresh"}
     assert fresh.user["user_activity__purchases_30d"][0] == expected["purchases_30d"]
+    assert list(fresh.user["user_history__history_items"][0][:20]) == expected["recent_items"]
     assert fresh.items["item_popularity__purchases_30d"].shape == (len(items),)
     assert fresh.items["item_catalog__price"].dtype == "float32"
     assert fresh.item_status["item_catalog"][-1] == MISSING
     assert fresh.stale_views() == []
     # Three days on with no new materialisation: every windowed value is older than its 2-day TTL.
     later = reader.read(user, items, as_of=END + pd.Timedelta(days=3))
-    assert later.user_status == {"user_activity": STALE} and later.stale_views() == ["item_popularity", "user_activity"]
+    assert later.user_status == {"user_activity": STALE, "user_history": "fresh"}, "a history never goes stale"
+    assert later.stale_views() == ["item_popularity", "user_activity"]
     assert pd.isna(later.user["user_activity__purchases_30d"][0]), "a stale value is never served"
     assert later.item_status["item_catalog"][0] == "fresh", "catalog attributes have no TTL"
     unknown = reader.read("no-such-user", items[:3], as_of=END)
-    assert unknown.user_status == {"user_activity": MISSING}
+    assert unknown.user_status == {"user_activity": MISSING, "user_history": MISSING}
 
 
 def test_item_cache_follows_the_materialisation_version(store, layout, shop):

@@ -83,9 +83,12 @@ def test_features_build_materialize_and_read(shoprec_home):
     read = runner.invoke(app, ["features", "read", user, item, "nope"])
     assert read.exit_code == 0, read.output
     answer = json.loads(read.stdout)
-    assert answer["user_status"] == {"user_activity": "fresh"}
+    assert answer["user_status"] == {"user_activity": "fresh", "user_history": "fresh"}
     assert answer["items"][1]["item_catalog"] == "missing" and answer["items"][1]["item_catalog__price"] is None
     stale = json.loads(runner.invoke(app, ["features", "read", user, item, "--as-of", "2024-04-01"]).stdout)
-    assert stale["user_status"] == {"user_activity": "stale"} and stale["user"]["user_activity__views_7d"] is None
+    assert (
+        stale["user_status"] == {"user_activity": "stale", "user_history": "fresh"}
+        and stale["user"]["user_activity__views_7d"] is None
+    )
     bad = runner.invoke(app, ["features", "read", user, item, "--as-of", "soon"])
     assert bad.exit_code == 2
