@@ -65,6 +65,16 @@ class Layout:
     def feast(self) -> Path:
         return self.home / "feast"
 
+    @property
+    def training(self) -> Path:
+        """One folder per retraining run: its frozen split, feature store, artefact and decision."""
+        return self.home / "training"
+
+    @property
+    def model_store(self) -> Path:
+        """BentoML's model store (BENTOML_HOME/models) and the champion record beside it."""
+        return self.home / "bentoml" / "models"
+
     def event_partition(self, day: str) -> Path:
         return self.events / f"event_date={day}"
 

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
         "time are quarantined, so feature rows already computed for past intervals never change silently.",
     )
     ingest_schedule: str = Field("@hourly", description="Cron or preset schedule of the ingest_events DAG.")
+    retrain_schedule: str = Field("@daily", description="Cron or preset schedule of the retrain_models DAG.")
+    retrain_preset: Literal["tiny", "full"] = Field("full", description="Model size the retrain_models DAG trains.")
+    training_queue: str = Field(
+        "training",
+        description="Airflow queue of the training tasks: a Celery or Kubernetes deployment routes it to a GPU "
+        "worker (the local executor ignores queues).",
+    )
     task_retries: int = Field(2, ge=0, description="Airflow retries per task.")
     feast_env: Literal["embedded", "production"] = Field(
         "embedded",

@@ -31,6 +31,21 @@ def training_set(store: FeatureStore, rows: pd.DataFrame, service: str) -> pd.Da
     return joined
 
 
+def entity_features(store: FeatureStore, rows: pd.DataFrame, service: str, key: str) -> pd.DataFrame:
+    """The service's features of one entity (key: user_id or item_id) for (key, event_timestamp) rows, point in
+    time: one row back per distinct row asked for. Serving-side features of a user do not depend on the item, so
+    joining them once per user and time (not once per example) is the same join, many times smaller."""
+    rows = rows[[key, "event_timestamp"]].assign(event_timestamp=_utc(rows["event_timestamp"]))
+    rows = rows.drop_duplicates().reset_index(drop=True)
+    refs = [f"{p.name}:{f.name}" for p in store.get_feature_service(service).feature_view_projections
+            if store.get_feature_view(p.name).entity_columns[0].name == key for f in p.features]  # fmt: skip
+    if rows.empty or not refs:
+        raise ValueError(f"nothing to join: {len(rows)} rows, {len(refs)} features of {service} keyed on {key}")
+    features = store.get_historical_features(entity_df=rows, features=refs, full_feature_names=True).to_df()
+    features["event_timestamp"] = _utc(features["event_timestamp"])
+    return rows.merge(features, on=[key, "event_timestamp"], how="left", validate="one_to_one")
+
+
 def _utc(stamps: pd.Series) -> pd.Series:
     stamps = pd.to_datetime(stamps)
     stamps = stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps.dt.tz_convert("UTC")

@@ -216,4 +216,5 @@ def main_target(split: Split) -> str:
 
 def _has_other_events(split: Split) -> bool:
     # Where every event is a purchase (Online Retail, MovieLens) 'buy' would repeat 'all'.
-    return bool(set(split.train["event_type"].unique()) | set(split.test["event_type"].unique()) - {"purchase"})
+    types = set(split.train["event_type"].unique()) | set(split.test["event_type"].unique())
+    return bool(types - {"purchase"})

@@ -1,0 +1,60 @@
+"""Hyperparameters of the two models, as typed dataclasses with named presets (`tiny` for tests, `full`)."""
+
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass
+class TwoTowerConfig:
+    dim: int = 64  # width of the shared embedding space the two towers meet in
+    id_buckets: int = 1 << 17  # hashed item-id rows: unseen ids still land somewhere, collisions stay rare
+    category_buckets: int = 1 << 14  # hashed category rows
+    text_dim: int = 384  # width of the catalog's text embedding (all-MiniLM-L6-v2)
+    history_length: int = 50  # how many of the user's latest events the user tower reads
+    history: str = "before"  # "before": the user's past at the example's time; "all_but_target": every other
+    #                          train event of the user (for protocols without time, e.g. msr-stratified)
+    id_dropout: float = 0.25  # share of items trained without their id vector, so text and category alone work
+    temperature: float = 0.07  # softmax temperature of InfoNCE
+    log_q: bool = True  # correct in-batch negatives for their popularity (subtract log q)
+    extra_negatives: int = 256  # uniform random negatives per batch on top of the in-batch ones (0: none)
+    batch_size: int = 1024
+    epochs: int = 20  # upper bound; early stopping on validation recall ends sooner
+    patience: int = 3  # epochs without a better validation recall@20 before stopping
+    lr: float = 3e-3
+    weight_decay: float = 1e-6
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RankerConfig:
+    hidden: tuple[int, ...] = (128, 64)  # shared bottom MLP widths
+    candidates: int = 200  # retrieval candidates per user (plus the user's own history items)
+    task_weights: dict[str, float] = field(
+        default_factory=lambda: {"interact": 1.0, "add_to_cart": 1.0, "purchase": 2.0}
+    )  # weight of each head's BCE; a head whose label a dataset lacks is masked out
+    batch_size: int = 2048
+    epochs: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    label_share: float = 0.1  # the latest share of train events that labels the ranker's candidates
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "tiny": (TwoTowerConfig(dim=16, id_buckets=1 << 12, category_buckets=1 << 8, history_length=10,
+                            batch_size=128, epochs=4, patience=2, extra_negatives=32),
+             RankerConfig(hidden=(16,), candidates=30, epochs=3, batch_size=256)),
+    "full": (TwoTowerConfig(), RankerConfig()),
+}  # fmt: skip
+
+
+def preset(name: str, **two_tower_overrides) -> tuple[TwoTowerConfig, RankerConfig]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    two_tower, ranker = PRESETS[name]
+    return replace(two_tower, **two_tower_overrides), replace(ranker)

@@ -1,0 +1,106 @@
+"""Model inputs from the feature store: Feast point-in-time joins by feature service, turned into arrays.
+
+Every feature a model reads comes through `features.training_sets.entity_features`, so training, evaluation and
+serving (which reads the same services online) see the same definitions. Feature rows are stamped at midnight UTC,
+so joining at an event's time and at the midnight that starts its day return the same row: examples are joined
+once per (user, day), which is exact and many times cheaper than once per event.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from feast import FeatureStore
+
+from features.training_sets import entity_features
+from training.config import TwoTowerConfig
+from training.models import hash_buckets
+
+TWO_TOWER_SERVICE = "two_tower_v1"
+RANKER_SERVICE = "ranker_v1"
+EVENT_TYPE_CODES = {"view": 0, "add_to_cart": 1, "purchase": 2, "impression": 3, "click": 4}
+
+
+@dataclass
+class ItemTable:
+    """The item tower's inputs for a set of items, row i describing ids[i]."""
+
+    ids: np.ndarray  # item ids (str)
+    id_buckets: np.ndarray  # int64
+    categories: np.ndarray  # int64 hashed category (0: none)
+    prices: np.ndarray  # float32 [N, 2]: log1p(price), price missing
+    texts: np.ndarray  # float32 [N, 384]
+    trained: np.ndarray  # bool: the id occurred in training, so its id vector means something
+
+    def tensors(self, rows=None, device="cpu") -> tuple:
+        rows = slice(None) if rows is None else rows
+        return tuple(torch.as_tensor(a[rows], device=device) for a in
+                     (self.id_buckets, self.categories, self.prices, self.texts, self.trained.astype(np.float32)))  # fmt: skip
+
+
+def item_table(store: FeatureStore, item_ids, as_of, config: TwoTowerConfig, trained_ids) -> ItemTable:
+    """Catalog features of item_ids as of as_of; items the catalog lacks get empty features (zeros)."""
+    ids = np.asarray(item_ids, dtype=object)
+    rows = pd.DataFrame({"item_id": ids, "event_timestamp": as_of})
+    joined = entity_features(store, rows, TWO_TOWER_SERVICE, "item_id").set_index("item_id").reindex(ids)
+    category = joined["item_catalog__category"]
+    price = pd.to_numeric(joined["item_catalog__price"], errors="coerce").to_numpy(np.float64)
+    texts = np.zeros((len(ids), config.text_dim), np.float32)
+    for i, vector in enumerate(joined["item_catalog__text_embedding"].to_numpy()):
+        if vector is not None and not (isinstance(vector, float) and np.isnan(vector)) and len(vector):
+            texts[i] = vector
+    categories = np.where(category.notna().to_numpy(), hash_buckets(category.fillna("").to_numpy(),
+                                                                    config.category_buckets), 0)  # fmt: skip
+    return ItemTable(
+        ids=ids,
+        id_buckets=hash_buckets(ids, config.id_buckets),
+        categories=categories.astype(np.int64),
+        prices=np.stack([np.log1p(np.nan_to_num(np.maximum(price, 0))), np.isnan(price)], 1).astype(np.float32),
+        texts=texts,
+        trained=np.isin(ids, np.asarray(list(trained_ids), dtype=object)),
+    )
+
+
+def user_features(store: FeatureStore, users, times, service: str) -> pd.DataFrame:
+    """The service's user features for each (user, time), one row per input row, in input order."""
+    times = pd.to_datetime(pd.Series(times), utc=True).dt.floor("D")  # exact: feature rows are stamped at midnight
+    rows = pd.DataFrame({"user_id": np.asarray(users, dtype=object), "event_timestamp": times.to_numpy()})
+    joined = entity_features(store, rows, service, "user_id")
+    return rows.merge(joined, on=["user_id", "event_timestamp"], how="left", validate="many_to_one")
+
+
+@dataclass
+class UserInputs:
+    """The user tower's inputs, one row per (user, time) asked for."""
+
+    history_ids: np.ndarray  # int64 [N, L] hashed item ids, newest first, 0 = padding
+    history_types: np.ndarray  # int64 [N, L] event type code + 1, 0 = padding
+    numbers: np.ndarray  # float32 [N, 3]
+
+    def tensors(self, rows=None, device="cpu") -> tuple:
+        rows = slice(None) if rows is None else rows
+        return tuple(torch.as_tensor(a[rows], device=device) for a in (self.history_ids, self.history_types, self.numbers))
+
+
+def user_inputs(joined: pd.DataFrame, config: TwoTowerConfig) -> UserInputs:
+    """Tower inputs from user_features(...) rows: the latest history_length events, hashed in one pass."""
+    length = config.history_length
+    items = [_list(v)[:length] for v in joined["user_history__history_items"].to_numpy()]
+    types = [_list(v)[:length] for v in joined["user_history__history_types"].to_numpy()]
+    sizes = np.array([len(v) for v in items], dtype=np.int64)
+    rows = np.repeat(np.arange(len(items)), sizes)
+    columns = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    history_ids = np.zeros((len(items), length), np.int64)
+    history_types = np.zeros((len(items), length), np.int64)
+    if sizes.sum():
+        history_ids[rows, columns] = hash_buckets(np.concatenate(items), config.id_buckets)
+        history_types[rows, columns] = np.concatenate(types).astype(np.int64) + 1
+    counts = ["user_activity__views_7d", "user_activity__add_to_carts_7d", "user_activity__purchases_30d"]
+    numbers = np.log1p(joined[counts].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy(np.float32))
+    return UserInputs(history_ids, history_types, numbers)
+
+
+def _list(value) -> list:
+    """A list-valued feature as a list ([] where the join found no row)."""
+    return [] if value is None or isinstance(value, float) else list(value)

@@ -1,0 +1,95 @@
+"""The two models: a two-tower retrieval model (user tower, item tower, one shared space) and a multi-task ranker.
+
+Models only map tensors to tensors; how examples are built (training/examples.py), how they are trained
+(training/train.py) and how serving indexes the item vectors (serving/) live elsewhere.
+"""
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.config import RankerConfig, TwoTowerConfig
+
+N_EVENT_TYPES = 5  # core.contract.EVENT_TYPES; history_types holds their indices
+USER_NUMBERS = 3  # log1p of views_7d, add_to_carts_7d, purchases_30d
+
+
+def hash_buckets(values, buckets: int) -> np.ndarray:
+    """Stable hashed buckets of string ids (pandas' SipHash with its fixed key): the same id maps to the same row
+    in every process, and an id never seen in training still gets one. Bucket 0 is kept for 'nothing'."""
+    values = np.asarray(values, dtype=object)
+    if len(values) == 0:
+        return np.zeros(0, np.int64)
+    return (pd.util.hash_array(values.astype(str).astype(object)) % np.uint64(buckets - 1)).astype(np.int64) + 1
+
+
+class ItemTower(nn.Module):
+    """An item's vector from its hashed id, hashed category, price and text embedding."""
+
+    def __init__(self, config: TwoTowerConfig, id_embedding: nn.Embedding):
+        super().__init__()
+        self.id_embedding = id_embedding  # shared with the user tower's history encoder
+        self.category = nn.Embedding(config.category_buckets, config.dim, padding_idx=0)
+        self.text = nn.Linear(config.text_dim, config.dim)
+        self.price = nn.Linear(2, config.dim)  # log price and a missing flag
+        self.mlp = nn.Sequential(nn.Linear(config.dim, config.dim), nn.GELU(), nn.Linear(config.dim, config.dim))
+
+    def forward(self, ids, categories, prices, texts, use_id) -> torch.Tensor:
+        """use_id [B] (0 or 1): 0 for items whose id never appeared in training (their bucket was never trained,
+        or belongs to another item), and for the id-dropout share during training."""
+        x = self.id_embedding(ids) * use_id[:, None] + self.category(categories) + self.text(texts) + self.price(prices)
+        return F.normalize(x + self.mlp(x), dim=-1)
+
+
+class UserTower(nn.Module):
+    """A user's vector from their latest events (attention-pooled) and activity counts."""
+
+    def __init__(self, config: TwoTowerConfig, id_embedding: nn.Embedding):
+        super().__init__()
+        self.id_embedding = id_embedding
+        self.event_type = nn.Embedding(N_EVENT_TYPES + 1, config.dim, padding_idx=0)
+        self.position = nn.Embedding(config.history_length, config.dim)
+        self.attention = nn.Sequential(nn.Linear(config.dim, config.dim), nn.Tanh(), nn.Linear(config.dim, 1))
+        self.mlp = nn.Sequential(nn.Linear(2 * config.dim + USER_NUMBERS + 1, 2 * config.dim), nn.GELU(),
+                                 nn.Linear(2 * config.dim, config.dim))  # fmt: skip
+
+    def forward(self, history_ids, history_types, numbers) -> torch.Tensor:
+        """history_ids, history_types: [B, L], newest first, 0 = padding; numbers: [B, USER_NUMBERS]."""
+        present = history_ids > 0
+        positions = torch.arange(history_ids.shape[1], device=history_ids.device)
+        h = self.id_embedding(history_ids) + self.event_type(history_types) + self.position(positions)[None]
+        weights = self.attention(h).squeeze(-1).masked_fill(~present, -1e4).softmax(-1) * present
+        attended = (weights[..., None] * h).sum(1)
+        mean = (h * present[..., None]).sum(1) / present.sum(1, keepdim=True).clamp(min=1)
+        empty = (~present.any(1)).float()[:, None]  # a newcomer: the MLP learns what to do with no history
+        return F.normalize(self.mlp(torch.cat([attended, mean, numbers, empty], dim=-1)), dim=-1)
+
+
+class TwoTower(nn.Module):
+    def __init__(self, config: TwoTowerConfig):
+        super().__init__()
+        self.config = config
+        id_embedding = nn.Embedding(config.id_buckets, config.dim, padding_idx=0)
+        nn.init.normal_(id_embedding.weight, std=0.02)
+        self.item_tower = ItemTower(config, id_embedding)
+        self.user_tower = UserTower(config, id_embedding)
+
+
+class Ranker(nn.Module):
+    """A shared bottom over the candidate's features, one logit per task (interact, add_to_cart, purchase)."""
+
+    TASKS = ("interact", "add_to_cart", "purchase")
+
+    def __init__(self, n_features: int, config: RankerConfig):
+        super().__init__()
+        layers, width = [], n_features
+        for hidden in config.hidden:
+            layers += [nn.Linear(width, hidden), nn.GELU()]
+            width = hidden
+        self.bottom = nn.Sequential(*layers)
+        self.heads = nn.Linear(width, len(self.TASKS))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.bottom(features))

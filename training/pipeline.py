@@ -1,0 +1,279 @@
+"""The production recommender end to end: fit the two-tower (and the ranker) from the feature store, score users.
+
+`TwoTowerRecommender` is what the retrain DAG trains and what evaluation measures on the benchmark protocols: it
+builds its features with the production feature code from the events it is given (train events only), trains,
+and scores (users x items) through the same feature services serving reads.
+The ranker learns from a label window: the two-tower is trained on train events before the window, its candidates
+for each user (plus the user's own past items) are labelled by the window's events, and the ranker learns which
+of them the user took. At scoring time the two-tower trained on all train events retrieves and the ranker reorders.
+"""
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from features.training_sets import entity_features
+from training.config import RankerConfig, TwoTowerConfig, preset
+from training.examples import (
+    RANKER_SERVICE,
+    TWO_TOWER_SERVICE,
+    item_table,
+    user_features,
+    user_inputs,
+)
+from training.models import Ranker, TwoTower
+from training.offline_store import EMBEDDING_CACHE, store_for_events
+from training.train import (
+    RankerExamples,
+    RetrievalExamples,
+    TrainReport,
+    item_vectors,
+    train_ranker,
+    train_two_tower,
+    user_vectors,
+)
+
+RANKER_FEATURES = (
+    "retrieval_score", "log_retrieval_rank", "in_history", "history_views", "history_carts", "history_purchases",
+    "log_age_since_user_item", "log_history_position", "user_views_7d", "user_add_to_carts_7d",
+    "user_purchases_30d", "log_user_last_event_age", "user_distinct_items_30d", "item_views_7d",
+    "item_add_to_carts_7d", "item_purchases_30d", "item_conversion_rate_30d", "log_item_first_seen_age",
+    "log_price",
+)  # fmt: skip
+RECENCY_CAP_S = 3.2e7  # about a year: 'never' reads as older than anything seen
+
+
+@dataclass
+class Retrieval:
+    """A trained two-tower with the store it reads and the catalog it was trained on."""
+
+    model: TwoTower
+    store: object  # feast.FeatureStore
+    as_of: pd.Timestamp
+    trained_ids: np.ndarray
+    report: TrainReport
+
+    def users(self, user_ids) -> np.ndarray:
+        joined = user_features(self.store, user_ids, [self.as_of] * len(user_ids), TWO_TOWER_SERVICE)
+        return user_vectors(self.model, user_inputs(joined, self.model.config))
+
+    def items(self, item_ids) -> np.ndarray:
+        return item_vectors(self.model, item_table(self.store, item_ids, self.as_of, self.model.config, self.trained_ids))
+
+
+def fit_retrieval(store, train: pd.DataFrame, as_of: pd.Timestamp, config: TwoTowerConfig, device="auto",
+                  progress=True) -> Retrieval:  # fmt: skip
+    """Two-tower on every train event as a positive, user inputs point in time from the feature store."""
+    trained_ids = np.sort(train["item_id"].unique())
+    catalog = item_table(store, trained_ids, as_of, config, trained_ids)
+    item_rows = np.searchsorted(trained_ids, train["item_id"].to_numpy(object))
+    stamps = pd.to_datetime(train["event_timestamp"], utc=True)
+    if config.history == "before":
+        keys = pd.DataFrame({"user_id": train["user_id"].to_numpy(object), "day": stamps.dt.floor("D").to_numpy()})
+        order = stamps.astype("int64").to_numpy().astype(np.float64)
+    else:  # every other train event of the user: their state at the end of train
+        keys = pd.DataFrame({"user_id": train["user_id"].to_numpy(object), "day": as_of})
+        order = np.random.default_rng(config.seed).random(len(train))
+    distinct = keys.drop_duplicates().reset_index(drop=True)
+    user_rows = distinct.reset_index().merge(keys, on=["user_id", "day"], how="right")["index"].to_numpy()
+    joined = user_features(store, distinct["user_id"], distinct["day"], TWO_TOWER_SERVICE)
+    examples = RetrievalExamples(user_inputs(joined, config), user_rows, catalog, item_rows, order)
+    model, report = train_two_tower(examples, config, device=device, progress=progress)
+    return Retrieval(model.cpu(), store, as_of, trained_ids, report)
+
+
+def _by_time(events: pd.DataFrame) -> pd.DataFrame:
+    return events.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+
+
+class TwoTowerRecommender:
+    """Fit on train events + catalog, then score users against any items (the Recommender interface)."""
+
+    def __init__(self, name="two_tower", preset_name="full", with_ranker=False, work_dir: Path | None = None,
+                 device="auto", progress=True, two_tower: TwoTowerConfig | None = None,
+                 ranker: RankerConfig | None = None, **overrides):  # fmt: skip
+        default_two_tower, default_ranker = preset(preset_name, **overrides)
+        self.name, self.with_ranker, self.device, self.progress = name, with_ranker, device, progress
+        self.config = two_tower or default_two_tower
+        self.ranker_config = ranker or default_ranker
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="shoprec-fit-"))
+        self.ranker = None
+
+    def fit(self, train: pd.DataFrame, catalog: pd.DataFrame, as_of=None) -> "TwoTowerRecommender":
+        self.fit_retrieval(train, catalog, as_of)
+        if self.with_ranker:
+            self.fit_ranker(train, catalog)
+        return self
+
+    def fit_retrieval(self, train: pd.DataFrame, catalog: pd.DataFrame, as_of=None) -> "TwoTowerRecommender":
+        """The two-tower on every train event, features from a store built from train alone, as of as_of."""
+        train = _by_time(train)
+        as_of = pd.Timestamp(as_of if as_of is not None else train["event_timestamp"].max())
+        as_of = (as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")).ceil("D")
+        store, _ = store_for_events(train, catalog, self.work_dir / "all", as_of, self.work_dir / EMBEDDING_CACHE)
+        self.retrieval = fit_retrieval(store, train, as_of, self.config, self.device, self.progress)
+        return self
+
+    def fit_ranker(self, train: pd.DataFrame, catalog: pd.DataFrame) -> "TwoTowerRecommender":
+        """The ranker on the label window (see the module docstring); needs its own two-tower trained before it."""
+        earlier, labels, cut = self._label_window(_by_time(train))
+        cache = self.work_dir / EMBEDDING_CACHE
+        early_store, _ = store_for_events(earlier, catalog, self.work_dir / "before_labels", cut, cache)
+        early = fit_retrieval(early_store, earlier, cut, self.config, self.device, self.progress)
+        self.ranker = fit_ranker(early, labels, self.ranker_config, self.device, self.progress)
+        self.with_ranker = True
+        return self
+
+    def _item_vectors(self, items: np.ndarray) -> np.ndarray:
+        # Evaluation scores users in chunks against one item list: embed it once.
+        key = (len(items), items[0] if len(items) else None, items[-1] if len(items) else None)
+        if getattr(self, "_items_key", None) != key:
+            self._items_key, self._items = key, self.retrieval.items(items)
+        return self._items
+
+    def _label_window(self, train: pd.DataFrame):
+        """(events before the window, the window's events, the window's start midnight)."""
+        if self.config.history == "before":
+            cut = train["event_timestamp"].iloc[int(len(train) * (1 - self.ranker_config.label_share))].floor("D")
+            return train[train["event_timestamp"] < cut], train[train["event_timestamp"] >= cut], cut
+        # No time order (msr-stratified): a random share of events labels, the rest are the past.
+        pick = np.random.default_rng(self.ranker_config.seed).random(len(train)) < self.ranker_config.label_share
+        return train[~pick], train[pick], pd.to_datetime(train["event_timestamp"], utc=True).max().ceil("D")
+
+    def score(self, users, items, target: str = "all") -> np.ndarray:
+        users, items = np.asarray(users, dtype=object), np.asarray(items, dtype=object)
+        scores = self.retrieval.users(users) @ self._item_vectors(items).T
+        if self.ranker is None:
+            return scores.astype(np.float32)
+        return self.ranker.rerank(self.retrieval, users, items, scores, target)
+
+
+@dataclass
+class FittedRanker:
+    model: Ranker
+    mean: np.ndarray
+    std: np.ndarray
+    config: RankerConfig
+    report: TrainReport
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.as_tensor((features - self.mean) / self.std, dtype=torch.float32)
+            return torch.sigmoid(self.model.cpu()(x)).numpy()
+
+    def rerank(self, retrieval: Retrieval, users, items, scores: np.ndarray, target: str) -> np.ndarray:
+        """Candidates (top retrieval + own past items) get 10 + P(event); the rest keep retrieval order below."""
+        frame = candidates(retrieval, users, items, scores, self.config.candidates)
+        probabilities = self.probabilities(ranker_features(retrieval.store, retrieval.as_of, users, frame))
+        head = Ranker.TASKS.index("purchase" if target == "buy" else "interact")
+        out = scores.astype(np.float32) - 100.0
+        out[frame["user"].to_numpy(), frame["item"].to_numpy()] = 10.0 + probabilities[:, head]
+        return out
+
+
+def candidates(retrieval: Retrieval, users, items, scores: np.ndarray, n: int) -> pd.DataFrame:
+    """Per user: the n best items by retrieval score and every item of their own history (as positions into users
+    and items), with the retrieval score and rank of each."""
+    n = min(n, scores.shape[1])
+    top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    frame = pd.DataFrame({"user": np.repeat(np.arange(len(users)), n), "item": top.ravel()})
+    history = user_features(retrieval.store, users, [retrieval.as_of] * len(users), RANKER_SERVICE)
+    position = pd.Series(np.arange(len(items)), index=pd.Index(items))
+    own = _history_frame(history)[["user", "item_id"]].drop_duplicates()
+    own = own.assign(item=position.reindex(own["item_id"]).to_numpy()).dropna(subset=["item"])
+    frame = pd.concat([frame, own[["user", "item"]].astype(np.int64)]).drop_duplicates(ignore_index=True)
+    frame["retrieval_score"] = scores[frame["user"], frame["item"]]
+    ranks = (-scores).argsort(axis=1).argsort(axis=1)
+    frame["retrieval_rank"] = ranks[frame["user"], frame["item"]]
+    frame["item_id"] = items[frame["item"].to_numpy()]
+    return frame
+
+
+def _history_frame(history: pd.DataFrame) -> pd.DataFrame:
+    """The user_history lists exploded to one row per past event: user (position), item_id, type, time, position."""
+    parts = []
+    for user, (ids, types, times) in enumerate(zip(history["user_history__history_items"],
+                                                    history["user_history__history_types"],
+                                                    history["user_history__history_times"], strict=True)):  # fmt: skip
+        if ids is None or isinstance(ids, float) or len(ids) == 0:
+            continue
+        parts.append(pd.DataFrame({"user": user, "item_id": np.asarray(ids, object), "type": np.asarray(types),
+                                   "time": np.asarray(times), "position": np.arange(len(ids))}))  # fmt: skip
+    if not parts:
+        return pd.DataFrame({"user": [], "item_id": [], "type": [], "time": [], "position": []})
+    return pd.concat(parts, ignore_index=True)
+
+
+def ranker_features(store, as_of: pd.Timestamp, users, frame: pd.DataFrame) -> np.ndarray:
+    """RANKER_FEATURES per candidate row, from ranker_v1 features as of as_of and the retrieval columns."""
+    history = user_features(store, users, [as_of] * len(users), RANKER_SERVICE)
+    past = _history_frame(history)
+    pairs = past.groupby(["user", "item_id"]).agg(
+        views=("type", lambda t: (t == 0).sum()), carts=("type", lambda t: (t == 1).sum()),
+        purchases=("type", lambda t: (t == 2).sum()), last=("time", "max"), first_position=("position", "min"),
+    )  # fmt: skip
+    own = pairs.reindex(pd.MultiIndex.from_arrays([frame["user"], frame["item_id"]]))
+    now_s = as_of.value // 10**9
+    items = frame["item_id"].unique()
+    item_rows = pd.DataFrame({"item_id": items, "event_timestamp": as_of})
+    item_features = entity_features(store, item_rows, RANKER_SERVICE, "item_id").set_index("item_id")
+    item_features = item_features.reindex(frame["item_id"])
+    user_numbers = history.reindex(frame["user"].to_numpy())
+
+    def number(frame_, column):
+        return pd.to_numeric(frame_[column], errors="coerce").fillna(0).to_numpy(np.float64)
+
+    columns = {
+        "retrieval_score": frame["retrieval_score"].to_numpy(np.float64),
+        "log_retrieval_rank": np.log1p(frame["retrieval_rank"].to_numpy(np.float64)),
+        "in_history": own["views"].notna().to_numpy(np.float64),
+        "history_views": np.log1p(own["views"].fillna(0).to_numpy(np.float64)),
+        "history_carts": np.log1p(own["carts"].fillna(0).to_numpy(np.float64)),
+        "history_purchases": np.log1p(own["purchases"].fillna(0).to_numpy(np.float64)),
+        "log_age_since_user_item": np.log1p(np.clip(now_s - own["last"].fillna(now_s - RECENCY_CAP_S).to_numpy(
+            np.float64), 0, RECENCY_CAP_S)),
+        "log_history_position": np.log1p(own["first_position"].fillna(200).to_numpy(np.float64)),
+        "user_views_7d": np.log1p(number(user_numbers, "user_activity__views_7d")),
+        "user_add_to_carts_7d": np.log1p(number(user_numbers, "user_activity__add_to_carts_7d")),
+        "user_purchases_30d": np.log1p(number(user_numbers, "user_activity__purchases_30d")),
+        "log_user_last_event_age": np.log1p(number(user_numbers, "user_activity__last_event_age_s")),
+        "user_distinct_items_30d": np.log1p(number(user_numbers, "user_activity__distinct_items_30d")),
+        "item_views_7d": np.log1p(number(item_features, "item_popularity__views_7d")),
+        "item_add_to_carts_7d": np.log1p(number(item_features, "item_popularity__add_to_carts_7d")),
+        "item_purchases_30d": np.log1p(number(item_features, "item_popularity__purchases_30d")),
+        "item_conversion_rate_30d": number(item_features, "item_popularity__conversion_rate_30d"),
+        "log_item_first_seen_age": np.log1p(number(item_features, "item_popularity__first_seen_age_s")),
+        "log_price": np.log1p(np.maximum(number(item_features, "item_catalog__price"), 0)),
+    }  # fmt: skip
+    return np.stack([columns[name] for name in RANKER_FEATURES], axis=1).astype(np.float32)
+
+
+def fit_ranker(early: Retrieval, labels: pd.DataFrame, config: RankerConfig, device="auto", progress=True):
+    """Candidates of the users the label window saw, labelled by what they did in it; then multi-task BCE."""
+    users = np.asarray(sorted(labels["user_id"].unique()), dtype=object)
+    if len(users) == 0:
+        raise ValueError("the label window has no user with a past: nothing to learn a ranker from")
+    items = early.trained_ids
+    scores = early.users(users) @ early.items(items).T
+    frame = candidates(early, users, items, scores, config.candidates)
+    features = ranker_features(early.store, early.as_of, users, frame)
+    user_position = pd.Series(np.arange(len(users)), index=pd.Index(users))
+    labelled = labels.assign(user=user_position.reindex(labels["user_id"]).to_numpy()).dropna(subset=["user"])
+    labelled["user"] = labelled["user"].astype(np.int64)
+    present = set(labels["event_type"])
+    label_columns, known_columns = [], []
+    for task in Ranker.TASKS:
+        kinds = {"interact": present, "add_to_cart": {"add_to_cart"}, "purchase": {"purchase"}}[task]
+        hits = labelled[labelled["event_type"].isin(kinds)][["user", "item_id"]].drop_duplicates().assign(hit=1.0)
+        hit = frame[["user", "item_id"]].merge(hits, on=["user", "item_id"], how="left")["hit"].fillna(0.0)
+        label_columns.append(hit.to_numpy(np.float32))
+        known_columns.append(np.full(len(frame), float(bool(kinds & present)), np.float32))
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    examples = RankerExamples((features - mean) / std, np.stack(label_columns, 1), np.stack(known_columns, 1))
+    model, report = train_ranker(examples, config, device=device, progress=progress)
+    return FittedRanker(model.cpu(), mean, std, config, report)
+

@@ -1,0 +1,217 @@
+"""The training loops, plain PyTorch read top to bottom: the two-tower on InfoNCE, the ranker on multi-task BCE.
+
+device="auto" picks CUDA (with bf16 autocast) when a GPU is present and the CPU otherwise; the same code runs on
+both. Seeds are fixed, so a run on the same data and device gives the same model.
+"""
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.config import RankerConfig, TwoTowerConfig
+from training.examples import ItemTable, UserInputs
+from training.losses import info_nce, multitask_bce
+from training.models import Ranker, TwoTower
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _autocast(device: torch.device):
+    # bf16 on the GPU: the tensor cores' fast path with fp32's range, so no loss scaling is needed.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class RetrievalExamples:
+    """Positive (user state, item) pairs: example e pairs user row user_rows[e] with item row item_rows[e]."""
+
+    users: UserInputs
+    user_rows: np.ndarray  # int64 [E]
+    items: ItemTable  # the catalog the model learns to retrieve from
+    item_rows: np.ndarray  # int64 [E]
+    order: np.ndarray  # float64 [E]: example time (or a random key), the latest share validates
+
+
+@dataclass
+class TrainReport:
+    device: str
+    examples: int
+    epochs: int
+    seconds: float
+    examples_per_s: float
+    losses: list[float] = field(default_factory=list)
+    valid_recall_at_20: list[float] = field(default_factory=list)
+    best_valid_recall_at_20: float = 0.0
+
+
+def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="auto", valid_share=0.05, progress=True):
+    """Train on all but the latest valid_share of the examples; stop early on their recall@20 (the share of held-out
+    examples whose item ranks in the top 20 of the whole catalog). Returns (model at its best epoch, report)."""
+    device = resolve_device(device)
+    torch.manual_seed(config.seed)
+    generator = np.random.default_rng(config.seed)
+    model = TwoTower(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    by_time = np.argsort(data.order, kind="stable")
+    n_valid = min(int(len(by_time) * valid_share), 5000) if len(by_time) >= 200 else 0
+    train_idx, valid_idx = by_time[: len(by_time) - n_valid], by_time[len(by_time) - n_valid :]
+    n_items = len(data.items.ids)
+    # Sampling probability of each catalog row as a negative: in-batch negatives come with the positives'
+    # popularity, extra ones uniformly; logQ subtracts the log of the mixture's expected count per batch.
+    popularity = np.bincount(data.item_rows[train_idx], minlength=n_items) / max(len(train_idx), 1)
+    expected = config.batch_size * popularity + config.extra_negatives / n_items
+    log_q = torch.as_tensor(np.log(np.maximum(expected, 1e-12)), dtype=torch.float32, device=device)
+    item_tensors = data.items.tensors(device=device)
+    user_tensors = data.users.tensors(device=device)
+    user_rows = torch.as_tensor(data.user_rows, device=device)
+    item_rows = torch.as_tensor(data.item_rows, device=device)
+    negatives_pool = np.flatnonzero(data.items.trained) if data.items.trained.any() else np.arange(n_items)
+
+    report = TrainReport(device=str(device), examples=len(train_idx), epochs=0, seconds=0.0, examples_per_s=0.0)
+    best_state, stale_epochs, started = copy.deepcopy(model.state_dict()), 0, time.perf_counter()
+    bar = tqdm(range(config.epochs), desc="two-tower", unit="epoch", disable=not progress)
+    for _ in bar:
+        model.train()
+        order = train_idx[generator.permutation(len(train_idx))]
+        total = 0.0
+        for start in range(0, len(order), config.batch_size):
+            batch = torch.as_tensor(order[start : start + config.batch_size], device=device)
+            if len(batch) < 2:
+                continue
+            rows = item_rows[batch]
+            with _autocast(device):
+                users = model.user_tower(*_user_batch(user_tensors, user_rows[batch], rows, item_tensors, config))
+                items = _item_vectors(model, item_tensors, rows, config.id_dropout)
+                extra_rows = extra = extra_log_q = None
+                if config.extra_negatives:
+                    extra_rows = torch.as_tensor(generator.choice(negatives_pool, config.extra_negatives), device=device)
+                    extra = _item_vectors(model, item_tensors, extra_rows, config.id_dropout)
+                    extra_log_q = log_q[extra_rows] if config.log_q else None
+                loss = info_nce(users, items, rows, config.temperature, log_q[rows] if config.log_q else None,
+                                extra, extra_rows, extra_log_q)  # fmt: skip
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        report.epochs += 1
+        report.losses.append(total / max(len(order), 1))
+        recall = _valid_recall(model, data, valid_idx, device, config) if n_valid else float("nan")
+        report.valid_recall_at_20.append(recall)
+        bar.set_postfix(loss=f"{report.losses[-1]:.3f}", valid_recall_20=f"{recall:.3f}")
+        if n_valid == 0 or recall > report.best_valid_recall_at_20:
+            report.best_valid_recall_at_20 = recall if n_valid else 0.0
+            best_state, stale_epochs = copy.deepcopy(model.state_dict()), 0
+        else:
+            stale_epochs += 1
+            if stale_epochs >= config.patience:
+                break
+    report.seconds = time.perf_counter() - started
+    report.examples_per_s = report.examples * report.epochs / max(report.seconds, 1e-9)
+    model.load_state_dict(best_state)
+    return model.eval(), report
+
+
+def _user_batch(user_tensors, rows, targets, item_tensors, config: TwoTowerConfig) -> tuple:
+    history_ids, history_types, numbers = (t[rows] for t in user_tensors)
+    if config.history == "all_but_target":  # the user's other items: the target itself must not be an input
+        hit = history_ids == item_tensors[0][targets][:, None]
+        history_ids, history_types = history_ids.masked_fill(hit, 0), history_types.masked_fill(hit, 0)
+    return history_ids, history_types, numbers
+
+
+def _item_vectors(model: TwoTower, item_tensors, rows, id_dropout: float = 0.0) -> torch.Tensor:
+    ids, categories, prices, texts, trained = (t[rows] for t in item_tensors)
+    use_id = trained
+    if id_dropout and model.training:
+        use_id = use_id * (torch.rand(len(rows), device=rows.device) >= id_dropout).float()
+    return model.item_tower(ids, categories, prices, texts, use_id)
+
+
+@torch.no_grad()
+def item_vectors(model: TwoTower, items: ItemTable, device="auto", batch_size=8192) -> np.ndarray:
+    """Every item's vector [N, dim] (float32), for the index and for scoring."""
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    tensors = items.tensors(device=device)
+    out = [_item_vectors(model, tensors, torch.arange(s, min(s + batch_size, len(items.ids)), device=device)).float()
+           for s in range(0, len(items.ids), batch_size)]  # fmt: skip
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, model.config.dim), np.float32)
+
+
+@torch.no_grad()
+def user_vectors(model: TwoTower, users: UserInputs, device="auto", batch_size=8192) -> np.ndarray:
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    tensors = users.tensors(device=device)
+    out = [model.user_tower(*(t[s : s + batch_size] for t in tensors)).float()
+           for s in range(0, len(users.numbers), batch_size)]  # fmt: skip
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, model.config.dim), np.float32)
+
+
+@torch.no_grad()
+def _valid_recall(model: TwoTower, data: RetrievalExamples, valid_idx, device, config) -> float:
+    model.eval()
+    items = torch.as_tensor(item_vectors(model, data.items, device), device=device)
+    user_tensors = data.users.tensors(device=device)
+    rows = torch.as_tensor(data.user_rows[valid_idx], device=device)
+    targets = torch.as_tensor(data.item_rows[valid_idx], device=device)
+    users = model.user_tower(*_user_batch(user_tensors, rows, targets, data.items.tensors(device=device), config))
+    scores = users.float() @ items.T
+    target_scores = scores.gather(1, targets[:, None])
+    rank = (scores > target_scores).sum(1)
+    return float((rank < 20).float().mean())
+
+
+# ---- the ranker ----
+
+
+@dataclass
+class RankerExamples:
+    features: np.ndarray  # float32 [N, F], standardised
+    labels: np.ndarray  # float32 [N, T]
+    known: np.ndarray  # float32 [N, T]: 1 where the task's label exists in this dataset
+
+
+def train_ranker(data: RankerExamples, config: RankerConfig, device="auto", progress=True):
+    """Multi-task BCE on candidate rows; returns (model, report). Unweighted rows keep each head's output a
+    calibrated probability of its event among retrieved candidates."""
+    device = resolve_device(device)
+    torch.manual_seed(config.seed)
+    generator = np.random.default_rng(config.seed)
+    model = Ranker(data.features.shape[1], config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    weights = torch.as_tensor([config.task_weights[t] for t in Ranker.TASKS], dtype=torch.float32, device=device)
+    features, labels, known = (torch.as_tensor(a, device=device) for a in (data.features, data.labels, data.known))
+    report = TrainReport(device=str(device), examples=len(features), epochs=0, seconds=0.0, examples_per_s=0.0)
+    started = time.perf_counter()
+    bar = tqdm(range(config.epochs), desc="ranker", unit="epoch", disable=not progress)
+    for _ in bar:
+        model.train()
+        order = torch.as_tensor(generator.permutation(len(features)), device=device)
+        total = 0.0
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            with _autocast(device):
+                loss = multitask_bce(model(features[batch]), labels[batch], known[batch], weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        report.epochs += 1
+        report.losses.append(total / max(len(order), 1))
+        bar.set_postfix(loss=f"{report.losses[-1]:.4f}")
+    report.seconds = time.perf_counter() - started
+    report.examples_per_s = report.examples * report.epochs / max(report.seconds, 1e-9)
+    return model.eval(), report
