@@ -36,6 +36,10 @@ demo: install
 	  || { tail -n 30 $(SHOPREC_HOME)/airflow-features.log; exit 1; }
 	@echo "materialize_features ran under Airflow (log: $(SHOPREC_HOME)/airflow-features.log). An online read:"
 	$(BIN)/shoprec features read 12748 23084 22086 23355 --service ranker_v1
+	$(BIN)/airflow dags test retrain_models > $(SHOPREC_HOME)/airflow-training.log 2>&1 \
+	  || { tail -n 30 $(SHOPREC_HOME)/airflow-training.log; exit 1; }
+	@echo "retrain_models ran under Airflow (log: $(SHOPREC_HOME)/airflow-training.log). Its evaluation and decision:"
+	$(BIN)/shoprec models
 
 test: install
 	$(BIN)/python -m pytest
@@ -43,6 +47,7 @@ test: install
 bench: install
 	$(BIN)/python -m bench.validation
 	$(BIN)/python -m bench.features
+	$(BIN)/python -m bench.training
 
 clean:
 	rm -rf .shoprec

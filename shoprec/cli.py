@@ -174,6 +174,89 @@ def features_catalog(
     typer.echo(f"wrote {out}")
 
 
+@app.command()
+def train(
+    preset: Annotated[str, typer.Option(help="model size: tiny or full")] = "full",
+    run_id: Annotated[str | None, typer.Option(help="name of the run folder (default: a timestamp)")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda")] = "auto",
+) -> None:
+    """Retrain on the lake, evaluate against the champion and popularity, publish when not worse (what
+    retrain_models does, in one process)."""
+    import pandas as pd
+
+    from training.retrain import retrain
+
+    if preset not in ("tiny", "full"):
+        typer.echo(f"--preset must be tiny or full, not {preset!r}", err=True)
+        raise typer.Exit(2)
+    run_id = run_id or pd.Timestamp.now(tz="UTC").strftime("manual__%Y%m%dT%H%M%S")
+    try:
+        result = retrain(get_settings(), run_id, preset, device)
+    except ValueError as error:
+        typer.echo(f"cannot retrain: {error}", err=True)
+        raise typer.Exit(1)
+    main = result["evaluation"]["main_target"]
+    for name, metrics in result["evaluation"]["metrics"].items():
+        typer.echo(f"{name:>11}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[main].items() if k.endswith("@20")))
+    typer.echo("\n".join(result["decision"]["reasons"]))
+    typer.echo(f"published {result['published']}" if result["published"] else "not published; champion stays "
+               f"{result['champion']}")  # fmt: skip
+
+
+@app.command()
+def models() -> None:
+    """The latest retraining run's metrics and gate decision, and the champion in the model store."""
+    from training.publish import champion
+
+    settings = get_settings()
+    runs = sorted(Layout(settings.home).training.glob("*/evaluation.json"), key=lambda p: p.stat().st_mtime)
+    if runs:
+        evaluation, folder = read_json(runs[-1]), runs[-1].parent
+        main = evaluation["main_target"]
+        typer.echo(f"run {folder.name}, target '{main}' on the frozen split (test = the latest 10% of events):")
+        for name, metrics in evaluation["metrics"].items():
+            typer.echo(f"  {name:>11}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[main].items()
+                                                     if k.split("@")[0] in ("recall", "ndcg", "hit")))  # fmt: skip
+        if (folder / "decision.json").exists():
+            decision = read_json(folder / "decision.json")
+            typer.echo(("promoted: " if decision["promote"] else "kept the champion: ") + "; ".join(decision["reasons"]))
+    else:
+        typer.echo("no retraining run yet")
+    typer.echo(f"champion: {champion(settings) or 'none'}")
+
+
+@app.command()
+def rollback() -> None:
+    """Make the previous champion current again (the demoted model stays in the model store)."""
+    from training.publish import rollback as roll_back
+
+    try:
+        typer.echo(f"champion is now {roll_back(get_settings())}")
+    except ValueError as error:
+        typer.echo(f"cannot roll back: {error}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[str, typer.Option(help="online_retail, taobao or movielens")],
+    protocol: Annotated[str, typer.Option(help="temporal, or msr-stratified (movielens only)")] = "temporal",
+    data_dir: Annotated[Path | None, typer.Option(help="folder holding the dataset (default SHOPREC_DATA_DIR)")] = None,
+    models: Annotated[str | None, typer.Option(help="comma-separated model names (default: all)")] = None,
+    out_dir: Annotated[Path, typer.Option(help="where the JSON and PNG go")] = Path("bench/results"),
+    tune: Annotated[bool, typer.Option(help="tune each model on a validation split from the end of train")] = True,
+) -> None:
+    """Benchmark the models and the baselines on a dataset's protocol: a markdown table, JSON and a plot."""
+    from training.evaluate import markdown_table, run
+
+    try:
+        result = run(dataset, protocol, data_dir, models.split(",") if models else None, out_dir, tune)
+    except (ValueError, FileNotFoundError) as error:
+        typer.echo(f"cannot evaluate: {error}", err=True)
+        raise typer.Exit(2)
+    typer.echo(markdown_table(result))
+
+
 def _plain(value):
     """A numpy value as JSON: NaN (a blanked stale or missing value) becomes null."""
     if hasattr(value, "tolist"):

@@ -7,12 +7,13 @@ grid; ids it never saw in train score -inf. Each class carries a small hyperpara
 
 from dataclasses import dataclass
 from itertools import product
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.linalg import lapack
+from implicit.cpu.als import AlternatingLeastSquares
+from implicit.cpu.bpr import BayesianPersonalizedRanking
 from threadpoolctl import threadpool_limits
 
 # Intent grows from a view to a cart (or favourite) to a purchase; the "event" weighting uses these.
@@ -100,7 +101,7 @@ class MatrixRecommender:
     """A model over the train interaction matrix: fit builds it, score maps users and items onto it."""
 
     name = "matrix"
-    grid: dict[str, list] = {}
+    grid: ClassVar[dict[str, list]] = {}
     weighting = "binary"
 
     def fit(self, train: pd.DataFrame, catalog: pd.DataFrame, as_of: pd.Timestamp | None) -> "MatrixRecommender":
@@ -125,7 +126,7 @@ class Popularity:
     ties (and items outside the window) are broken by all-time counts."""
 
     name = "popularity"
-    grid = {"window_days": [None, 1, 7, 30]}
+    grid: ClassVar[dict[str, list]] = {"window_days": [None, 1, 7, 30]}
 
     def __init__(self, window_days: float | None = None):
         self.window_days = window_days
@@ -154,7 +155,7 @@ class Repurchase:
     """
 
     name = "repurchase"
-    grid = {"weighting": ["count", "event"], "window_days": [None, 7]}
+    grid: ClassVar[dict[str, list]] = {"weighting": ["count", "event"], "window_days": [None, 7]}
 
     def __init__(self, weighting: str = "count", window_days: float | None = None):
         self.weighting = weighting
@@ -193,7 +194,7 @@ class ItemKNN(MatrixRecommender):
     item keeping its `neighbours` most similar items; a user's score for j sums sim(i, j) over their items i."""
 
     name = "item_knn"
-    grid = {"neighbours": [50, 200], "shrink": [0.0, 10.0]}
+    grid: ClassVar[dict[str, list]] = {"neighbours": [50, 200], "shrink": [0.0, 10.0], "weighting": ["binary", "event"]}
 
     def __init__(self, neighbours: int = 100, shrink: float = 0.0, weighting: str = "binary"):
         self.neighbours = neighbours
@@ -230,7 +231,7 @@ class EASE(MatrixRecommender):
     """
 
     name = "ease"
-    grid = {"lam": [50.0, 200.0, 500.0]}
+    grid: ClassVar[dict[str, list]] = {"lam": [50.0, 200.0, 500.0], "weighting": ["binary", "event"]}
 
     def __init__(self, lam: float = 200.0, max_items: int = 15000, weighting: str = "binary"):
         self.lam = lam
@@ -247,13 +248,13 @@ class EASE(MatrixRecommender):
         self.n_items = n_items
         if matrix.shape[1] <= n_users or min(n_users, n_items) > self.max_items:
             self.mode = "items"
-            inverse = _spd_inverse((matrix.T @ matrix).toarray(), self.lam)
+            inverse = _regularised_inverse((matrix.T @ matrix).toarray(), self.lam)
             self.weights = -inverse / np.diag(inverse)[None, :]
             np.fill_diagonal(self.weights, 0.0)
         else:
             self.mode = "users"
             self.matrix = matrix
-            inverse = _spd_inverse((matrix @ matrix.T).toarray(), self.lam)  # (X X^T + lam I)^-1
+            inverse = _regularised_inverse((matrix @ matrix.T).toarray(), self.lam)  # (X X^T + lam I)^-1
             self.projected = np.asarray(matrix.T @ inverse).T  # M X, users x items
             quadratic = np.asarray(matrix.multiply(self.projected).sum(axis=0)).ravel()  # x_j^T M x_j
             self.p_diagonal = (1.0 - quadratic) / self.lam
@@ -273,20 +274,12 @@ class EASE(MatrixRecommender):
         return full
 
 
-def _spd_inverse(gram: np.ndarray, lam: float) -> np.ndarray:
-    """(gram + lam I)^-1 by Cholesky (a third of a general inverse's cost); float32 above 8k rows for memory."""
-    dtype = np.float64 if len(gram) <= 8000 else np.float32
-    gram = gram.astype(dtype, copy=False)
+def _regularised_inverse(gram: np.ndarray, lam: float) -> np.ndarray:
+    """(gram + lam I)^-1. A plain LU inverse: OpenBLAS's Cholesky inverse (potri) measured slower here. float32
+    above 8k rows, for memory."""
+    gram = gram.astype(np.float64 if len(gram) <= 8000 else np.float32, copy=False)
     gram[np.diag_indices_from(gram)] += lam
-    potrf, potri = (lapack.dpotrf, lapack.dpotri) if dtype == np.float64 else (lapack.spotrf, lapack.spotri)
-    factor, info = potrf(gram, lower=True, overwrite_a=True)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"Cholesky factorisation failed (info={info})")
-    inverse, info = potri(factor, lower=True, overwrite_c=True)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"inverse from Cholesky failed (info={info})")
-    lower = np.tril(inverse)  # potri fills the lower triangle only
-    return lower + np.tril(lower, -1).T
+    return np.linalg.inv(gram)
 
 
 class _ImplicitFactors(MatrixRecommender):
@@ -316,7 +309,12 @@ class ALS(_ImplicitFactors):
     """Implicit-feedback ALS (Hu, Koren & Volinsky 2008) via implicit.cpu.als; confidence = 1 + alpha * weight."""
 
     name = "als"
-    grid = {"factors": [32, 128], "regularization": [10.0, 40.0], "alpha": [2.0, 5.0]}
+    grid: ClassVar[dict[str, list]] = {
+        "factors": [32, 128],
+        "regularization": [10.0, 40.0],
+        "alpha": [5.0, 50.0],
+        "weighting": ["binary", "event"],
+    }
 
     def __init__(self, factors: int = 64, regularization: float = 0.05, alpha: float = 1.0, iterations: int = 15,
                  weighting: str = "binary", num_threads: int = 0, seed: int = 42):  # fmt: skip
@@ -324,8 +322,6 @@ class ALS(_ImplicitFactors):
         self.weighting, self.num_threads, self.seed = weighting, num_threads, seed
 
     def _model(self):
-        from implicit.cpu.als import AlternatingLeastSquares
-
         return AlternatingLeastSquares(
             factors=self.factors, regularization=self.regularization, alpha=self.alpha, iterations=self.iterations,
             num_threads=self.num_threads, random_state=self.seed,
@@ -336,7 +332,12 @@ class BPR(_ImplicitFactors):
     """Bayesian personalised ranking (Rendle et al. 2009) via implicit.cpu.bpr; uses the matrix's non-zeros only."""
 
     name = "bpr"
-    grid = {"factors": [64, 128], "learning_rate": [0.01, 0.05], "regularization": [0.01]}
+    grid: ClassVar[dict[str, list]] = {
+        "factors": [64],
+        "learning_rate": [0.01, 0.05],
+        "regularization": [0.01],
+        "iterations": [50, 100],
+    }
 
     def __init__(self, factors: int = 64, learning_rate: float = 0.01, regularization: float = 0.01,
                  iterations: int = 100, num_threads: int = 0, seed: int = 42):  # fmt: skip
@@ -344,8 +345,6 @@ class BPR(_ImplicitFactors):
         self.iterations, self.num_threads, self.seed = iterations, num_threads, seed
 
     def _model(self):
-        from implicit.cpu.bpr import BayesianPersonalizedRanking
-
         return BayesianPersonalizedRanking(
             factors=self.factors, learning_rate=self.learning_rate, regularization=self.regularization,
             iterations=self.iterations, num_threads=self.num_threads, random_state=self.seed,

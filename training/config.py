@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field, replace
 @dataclass
 class TwoTowerConfig:
     dim: int = 64  # width of the shared embedding space the two towers meet in
-    id_buckets: int = 1 << 17  # hashed item-id rows: unseen ids still land somewhere, collisions stay rare
+    id_buckets: int = 0  # hashed item-id rows (unseen ids still land somewhere); 0: sized to the data, the power
+    #                      of two >= 2 x the train items, so collisions stay rare and no update touches idle rows
     category_buckets: int = 1 << 14  # hashed category rows
     text_dim: int = 384  # width of the catalog's text embedding (all-MiniLM-L6-v2)
     history_length: int = 50  # how many of the user's latest events the user tower reads
@@ -15,9 +16,11 @@ class TwoTowerConfig:
     id_dropout: float = 0.25  # share of items trained without their id vector, so text and category alone work
     temperature: float = 0.07  # softmax temperature of InfoNCE
     log_q: bool = True  # correct in-batch negatives for their popularity (subtract log q)
-    extra_negatives: int = 256  # uniform random negatives per batch on top of the in-batch ones (0: none)
+    extra_negatives: int = 8192  # uniform random negatives per batch on top of the in-batch ones (0: none); a
+    #                              catalog this small or smaller is taken whole: the exact full softmax
     batch_size: int = 1024
     epochs: int = 20  # upper bound; early stopping on validation recall ends sooner
+    max_epoch_examples: int = 200_000  # examples drawn per epoch (all of them in a smaller shop)
     patience: int = 3  # epochs without a better validation recall@20 before stopping
     lr: float = 3e-3
     weight_decay: float = 1e-6
@@ -46,7 +49,7 @@ class RankerConfig:
 
 
 PRESETS = {
-    "tiny": (TwoTowerConfig(dim=16, id_buckets=1 << 12, category_buckets=1 << 8, history_length=10,
+    "tiny": (TwoTowerConfig(dim=16, category_buckets=1 << 8, history_length=10,
                             batch_size=128, epochs=4, patience=2, extra_negatives=32),
              RankerConfig(hidden=(16,), candidates=30, epochs=3, batch_size=256)),
     "full": (TwoTowerConfig(), RankerConfig()),

@@ -32,7 +32,15 @@ from training.protocols import Split, Target, main_target, make_split, targets, 
 KS = (10, 20)
 CHUNK = 512  # users scored at once: bounds the dense score block (Taobao: 512 x 50k floats = 100 MB)
 METRICS = ("recall", "ndcg", "hit", "precision", "map", "coverage")
-TUNE_METRIC = "recall@20"
+DEFINITIONS = {
+    "recall@K": "hits / |targets|, mean over users",
+    "ndcg@K": "binary gains, 1/log2(rank+1) discounts, ideal DCG over min(|targets|, K)",
+    "hit@K": "share of users with >= 1 hit",
+    "precision@K": "hits / K",
+    "map@K": "sum over hits of precision@rank / min(|targets|, K) (recommenders' map_at_k)",
+    "coverage@K": "distinct items in all users' top-K / number of train items",
+    "ceiling": "mean over users of the share of their target items seen in train",
+}
 
 RECOMMENDERS: dict[str, Callable[..., Recommender]] = {
     "popularity": Popularity,
@@ -96,7 +104,7 @@ def evaluate_target(
     n_relevant = target.pairs.groupby("user_id").size().reindex(users).to_numpy()
     excluded = _pair_matrix(split.train, users, item_index) if target.exclude_train else None
 
-    per_user = {f"{metric}@{k}": [] for k in ks for metric in METRICS if metric != "coverage"}
+    per_user: dict[str, list[np.ndarray]] = {}
     recommended = {k: np.zeros(len(items), dtype=bool) for k in ks}
     chunks = range(0, len(users), chunk)
     for start in tqdm(chunks, desc=f"{target.name}", leave=False, disable=len(chunks) < 4):
@@ -109,12 +117,16 @@ def evaluate_target(
         hits = np.take_along_axis(truth[block].toarray(), top, axis=1) & valid
         for k in ks:
             for metric, values in ranking_metrics(hits, n_relevant[block], k).items():
-                per_user[f"{metric}@{k}"].append(values)
+                per_user.setdefault(f"{metric}@{k}", []).append(values)
             recommended[k][top[:, :k][valid[:, :k]]] = True
-    result = {name: float(np.mean(np.concatenate(values))) if len(users) else 0.0 for name, values in per_user.items()}
+
+    result = {}
     for k in ks:
+        for metric in METRICS[:-1]:
+            values = per_user.get(f"{metric}@{k}")
+            result[f"{metric}@{k}"] = float(np.mean(np.concatenate(values))) if values else 0.0
         result[f"coverage@{k}"] = float(recommended[k][: len(split.items)].sum() / len(split.items))
-    return dict(sorted(result.items(), key=lambda kv: (int(kv[0].split("@")[1]), METRICS.index(kv[0].split("@")[0]))))
+    return result
 
 
 def search_grid(factory: Callable[..., Recommender], split: Split) -> dict[str, list]:
@@ -161,6 +173,9 @@ def run(
     """Split, tune (on a validation split from the end of train), refit on full train and evaluate every model
     on every target and on the cold-start slice; write quality-<dataset>-<protocol>.json and .png to out_dir."""
     started = time.perf_counter()
+    unknown = set(models or []) - set(RECOMMENDERS)
+    if unknown:
+        raise ValueError(f"unknown models {sorted(unknown)}; choose from {', '.join(RECOMMENDERS)}")
     if data_dir is None and dataset != "online_retail":
         from core.settings import get_settings
 
@@ -184,7 +199,7 @@ def run(
         "tuning": {},
         "seconds": {},
         "tune_seconds": {},
-        "metrics": __doc__.split("\n\n")[1],
+        "definitions": DEFINITIONS,
     }
     for name in tqdm(models or list(RECOMMENDERS), desc=f"{dataset} {protocol}"):
         factory = RECOMMENDERS[name]
@@ -200,8 +215,10 @@ def run(
         for target_name, goal in goals.items():
             result["targets"][target_name][name] = evaluate_target(model, split, goal)
             cold = cold_goals[target_name]
-            recall = evaluate_target(model, split, cold, items=split.all_items, ks=(20,))["recall@20"]
-            result["cold_start"][target_name]["recall@20"][name] = recall if len(cold.users) else None
+            recall = None
+            if len(cold.users):
+                recall = evaluate_target(model, split, cold, items=split.all_items, ks=(20,))["recall@20"]
+            result["cold_start"][target_name]["recall@20"][name] = recall
         result["seconds"][name] = round(time.perf_counter() - tick, 2)
         result["params"][name] = params
     result["wall_seconds"] = round(time.perf_counter() - started, 1)

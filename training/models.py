@@ -51,7 +51,7 @@ class UserTower(nn.Module):
         self.id_embedding = id_embedding
         self.event_type = nn.Embedding(N_EVENT_TYPES + 1, config.dim, padding_idx=0)
         self.position = nn.Embedding(config.history_length, config.dim)
-        self.attention = nn.Sequential(nn.Linear(config.dim, config.dim), nn.Tanh(), nn.Linear(config.dim, 1))
+        self.attention = nn.Linear(config.dim, 1)  # one learned query: cheap, and enough to weigh recent events
         self.mlp = nn.Sequential(nn.Linear(2 * config.dim + USER_NUMBERS + 1, 2 * config.dim), nn.GELU(),
                                  nn.Linear(2 * config.dim, config.dim))  # fmt: skip
 
@@ -72,9 +72,15 @@ class TwoTower(nn.Module):
         super().__init__()
         self.config = config
         id_embedding = nn.Embedding(config.id_buckets, config.dim, padding_idx=0)
-        nn.init.normal_(id_embedding.weight, std=0.02)
         self.item_tower = ItemTower(config, id_embedding)
         self.user_tower = UserTower(config, id_embedding)
+        # Every embedding starts at the same small scale (nanoGPT's 0.02): with torch's default N(0, 1) the event
+        # type and position rows would drown the item ids in a history, and the category the id in an item.
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.padding_idx is not None:
+                    module.weight.data[module.padding_idx].zero_()
 
 
 class Ranker(nn.Module):

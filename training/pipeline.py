@@ -9,7 +9,7 @@ of them the user took. At scoring time the two-tower trained on all train events
 """
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,8 @@ def fit_retrieval(store, train: pd.DataFrame, as_of: pd.Timestamp, config: TwoTo
                   progress=True) -> Retrieval:  # fmt: skip
     """Two-tower on every train event as a positive, user inputs point in time from the feature store."""
     trained_ids = np.sort(train["item_id"].unique())
+    if not config.id_buckets:
+        config = replace(config, id_buckets=max(1024, 1 << int(np.ceil(np.log2(2 * len(trained_ids) + 1)))))
     catalog = item_table(store, trained_ids, as_of, config, trained_ids)
     item_rows = np.searchsorted(trained_ids, train["item_id"].to_numpy(object))
     stamps = pd.to_datetime(train["event_timestamp"], utc=True)

@@ -97,9 +97,7 @@ class Split:
         }
 
 
-def temporal_split(
-    events: pd.DataFrame, catalog: pd.DataFrame, dataset: str, share: float = TEMPORAL_SHARE
-) -> Split:
+def temporal_split(events: pd.DataFrame, catalog: pd.DataFrame, dataset: str, share: float = TEMPORAL_SHARE) -> Split:
     """Cutoff = the timestamp at position floor(share * N) of the time-sorted events; train = before it, test =
     at/after it (so events sharing the cutoff second all land in test)."""
     ordered = events.sort_values("event_timestamp", kind="stable")

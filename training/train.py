@@ -49,8 +49,9 @@ class TrainReport:
     examples: int
     epochs: int
     seconds: float
-    examples_per_s: float
+    examples_per_s: float  # examples over the median epoch's optimisation time
     losses: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)  # optimisation only, without validation
     valid_recall_at_20: list[float] = field(default_factory=list)
     best_valid_recall_at_20: float = 0.0
 
@@ -70,22 +71,26 @@ def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="aut
     n_items = len(data.items.ids)
     # Sampling probability of each catalog row as a negative: in-batch negatives come with the positives'
     # popularity, extra ones uniformly; logQ subtracts the log of the mixture's expected count per batch.
+    negatives_pool = np.flatnonzero(data.items.trained) if data.items.trained.any() else np.arange(n_items)
+    # A catalog no larger than extra_negatives is used whole in every batch: the full softmax, no sampling at all.
+    whole_pool = torch.as_tensor(negatives_pool, device=device) if config.extra_negatives >= len(negatives_pool) else None
+    n_extra = len(negatives_pool) if whole_pool is not None else config.extra_negatives
     popularity = np.bincount(data.item_rows[train_idx], minlength=n_items) / max(len(train_idx), 1)
-    expected = config.batch_size * popularity + config.extra_negatives / n_items
+    expected = config.batch_size * popularity + n_extra / len(negatives_pool)
     log_q = torch.as_tensor(np.log(np.maximum(expected, 1e-12)), dtype=torch.float32, device=device)
     item_tensors = data.items.tensors(device=device)
     user_tensors = data.users.tensors(device=device)
     user_rows = torch.as_tensor(data.user_rows, device=device)
     item_rows = torch.as_tensor(data.item_rows, device=device)
-    negatives_pool = np.flatnonzero(data.items.trained) if data.items.trained.any() else np.arange(n_items)
 
     report = TrainReport(device=str(device), examples=len(train_idx), epochs=0, seconds=0.0, examples_per_s=0.0)
     best_state, stale_epochs, started = copy.deepcopy(model.state_dict()), 0, time.perf_counter()
     bar = tqdm(range(config.epochs), desc="two-tower", unit="epoch", disable=not progress)
     for _ in bar:
         model.train()
-        order = train_idx[generator.permutation(len(train_idx))]
-        total = 0.0
+        # An epoch is at most max_epoch_examples random examples, so a big shop's epoch stays minutes long.
+        order = train_idx[generator.permutation(len(train_idx))[: config.max_epoch_examples]]
+        total, tick = 0.0, time.perf_counter()
         for start in range(0, len(order), config.batch_size):
             batch = torch.as_tensor(order[start : start + config.batch_size], device=device)
             if len(batch) < 2:
@@ -96,7 +101,8 @@ def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="aut
                 items = _item_vectors(model, item_tensors, rows, config.id_dropout)
                 extra_rows = extra = extra_log_q = None
                 if config.extra_negatives:
-                    extra_rows = torch.as_tensor(generator.choice(negatives_pool, config.extra_negatives), device=device)
+                    extra_rows = whole_pool if whole_pool is not None else torch.as_tensor(
+                        generator.choice(negatives_pool, config.extra_negatives), device=device)
                     extra = _item_vectors(model, item_tensors, extra_rows, config.id_dropout)
                     extra_log_q = log_q[extra_rows] if config.log_q else None
                 loss = info_nce(users, items, rows, config.temperature, log_q[rows] if config.log_q else None,
@@ -105,6 +111,7 @@ def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="aut
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
+        report.epoch_seconds.append(time.perf_counter() - tick)
         report.epochs += 1
         report.losses.append(total / max(len(order), 1))
         recall = _valid_recall(model, data, valid_idx, device, config) if n_valid else float("nan")
@@ -118,7 +125,7 @@ def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="aut
             if stale_epochs >= config.patience:
                 break
     report.seconds = time.perf_counter() - started
-    report.examples_per_s = report.examples * report.epochs / max(report.seconds, 1e-9)
+    report.examples_per_s = report.examples / max(float(np.median(report.epoch_seconds)), 1e-9)
     model.load_state_dict(best_state)
     return model.eval(), report
 
@@ -169,6 +176,12 @@ def _valid_recall(model: TwoTower, data: RetrievalExamples, valid_idx, device, c
     targets = torch.as_tensor(data.item_rows[valid_idx], device=device)
     users = model.user_tower(*_user_batch(user_tensors, rows, targets, data.items.tensors(device=device), config))
     scores = users.float() @ items.T
+    if config.history == "all_but_target":  # as evaluation does: the user's other (known) items are not candidates
+        buckets = data.items.tensors(device=device)[0]
+        history = _user_batch(user_tensors, rows, targets, data.items.tensors(device=device), config)[0]
+        for start in range(0, len(history), 256):
+            seen = (history[start : start + 256, :, None] == buckets[None, None, :]).any(1)
+            scores[start : start + 256] = scores[start : start + 256].masked_fill(seen, float("-inf"))
     target_scores = scores.gather(1, targets[:, None])
     rank = (scores > target_scores).sum(1)
     return float((rank < 20).float().mean())
@@ -200,7 +213,7 @@ def train_ranker(data: RankerExamples, config: RankerConfig, device="auto", prog
     for _ in bar:
         model.train()
         order = torch.as_tensor(generator.permutation(len(features)), device=device)
-        total = 0.0
+        total, tick = 0.0, time.perf_counter()
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             with _autocast(device):
@@ -209,9 +222,10 @@ def train_ranker(data: RankerExamples, config: RankerConfig, device="auto", prog
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
+        report.epoch_seconds.append(time.perf_counter() - tick)
         report.epochs += 1
         report.losses.append(total / max(len(order), 1))
         bar.set_postfix(loss=f"{report.losses[-1]:.4f}")
     report.seconds = time.perf_counter() - started
-    report.examples_per_s = report.examples * report.epochs / max(report.seconds, 1e-9)
+    report.examples_per_s = report.examples / max(float(np.median(report.epoch_seconds)), 1e-9)
     return model.eval(), report

@@ -1,0 +1,54 @@
+"""The two-tower and the ranker, tiny preset, on a shop with taste: the loss falls, users' held-out items rank in
+the top 20, a brand-new item is found from its title and category alone, and the ranker's heads are probabilities."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.training.conftest import tasteful_shop
+from training.pipeline import TwoTowerRecommender
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    events, catalog = tasteful_shop()
+    last = events.groupby("user_id").tail(1)  # each user's latest purchase is held out
+    train = events.drop(last.index)
+    new_item = pd.DataFrame({"item_id": ["brand-new"], "title": ["kitchen mug number 1000"], "description": [None],
+                             "category": ["mug"], "price": [2.5], "first_seen": [events["event_timestamp"].max()]})  # fmt: skip
+    catalog = pd.concat([catalog, new_item], ignore_index=True)
+    model = TwoTowerRecommender(preset_name="tiny", with_ranker=True, work_dir=tmp_path_factory.mktemp("fit"),
+                                progress=False).fit(train, catalog)  # fmt: skip
+    return model, train, last, catalog
+
+
+def test_the_loss_falls_and_held_out_items_rank_in_the_top_20(fitted):
+    model, train, last, catalog = fitted
+    report = model.retrieval.report
+    assert report.losses[-1] < report.losses[0] * 0.9
+    items = np.sort(train["item_id"].unique())
+    scores = model.score(last["user_id"].to_numpy(), items, "all")
+    ranks = (scores > scores[np.arange(len(last)), np.searchsorted(items, last["item_id"])][:, None]).sum(1)
+    assert (ranks < 20).mean() > 0.6, f"only {(ranks < 20).mean():.0%} of held-out items in the top 20 of 100"
+
+
+def test_a_new_item_is_found_from_its_text_and_category(fitted):
+    model, train, _, _ = fitted
+    kitchen = np.array([f"u0-{u}" for u in range(10)], dtype=object)
+    toys = np.array([f"u3-{u}" for u in range(10)], dtype=object)
+    items = np.array(["brand-new"], dtype=object)
+    retrieval = model.retrieval
+    assert np.isfinite(retrieval.items(items)).all()
+    kitchen_scores = retrieval.users(kitchen) @ retrieval.items(items).T
+    toy_scores = retrieval.users(toys) @ retrieval.items(items).T
+    assert kitchen_scores.mean() > toy_scores.mean(), "a mug on the kitchen shelf is for the kitchen buyers"
+
+
+def test_ranker_heads_are_probabilities_and_candidates_come_first(fitted):
+    model, train, last, _ = fitted
+    items = np.sort(train["item_id"].unique())
+    scores = model.score(last["user_id"].to_numpy()[:5], items, "buy")
+    candidates = scores >= 10.0
+    assert candidates.sum(1).min() >= model.ranker_config.candidates, "every user gets a full candidate list"
+    assert ((scores[candidates] >= 10.0) & (scores[candidates] <= 11.0)).all(), "10 + a probability"
+    assert model.ranker.report.losses[-1] < model.ranker.report.losses[0]
