@@ -4,7 +4,6 @@ with the tiny preset trains, evaluates, gates and publishes a champion."""
 import pytest
 
 from core.settings import PROJECT_ROOT, get_settings
-from tests.training.conftest import tasteful_lake  # noqa: F401  (the fixture)
 from training import publish
 
 

@@ -23,7 +23,7 @@ def fitted(tmp_path_factory):
 
 
 def test_the_loss_falls_and_held_out_items_rank_in_the_top_20(fitted):
-    model, train, last, catalog = fitted
+    model, train, last, _ = fitted
     report = model.retrieval.report
     assert report.losses[-1] < report.losses[0] * 0.9
     items = np.sort(train["item_id"].unique())
@@ -33,7 +33,7 @@ def test_the_loss_falls_and_held_out_items_rank_in_the_top_20(fitted):
 
 
 def test_a_new_item_is_found_from_its_text_and_category(fitted):
-    model, train, _, _ = fitted
+    model = fitted[0]
     kitchen = np.array([f"u0-{u}" for u in range(10)], dtype=object)
     toys = np.array([f"u3-{u}" for u in range(10)], dtype=object)
     items = np.array(["brand-new"], dtype=object)
