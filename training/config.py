@@ -10,18 +10,19 @@ class TwoTowerConfig:
     #                      of two >= 2 x the train items, so collisions stay rare and no update touches idle rows
     category_buckets: int = 1 << 14  # hashed category rows
     text_dim: int = 384  # width of the catalog's text embedding (all-MiniLM-L6-v2)
-    history_length: int = 50  # how many of the user's latest events the user tower reads
-    history: str = "before"  # "before": the user's past at the example's time; "all_but_target": every other
-    #                          train event of the user (for protocols without time, e.g. msr-stratified)
+    history_length: int = 100  # how many of the user's latest events the user tower reads (user_history holds 100)
+    history: str = "auto"  # "before": the user's past at the example's time; "all_but_target": every other train
+    #                        event of the user (protocols without time, e.g. msr-stratified); "auto": "before"
+    #                        when fitted up to a cutoff time, "all_but_target" when fitted without one
     id_dropout: float = 0.25  # share of items trained without their id vector, so text and category alone work
     temperature: float = 0.07  # softmax temperature of InfoNCE
     log_q: bool = True  # correct in-batch negatives for their popularity (subtract log q)
     extra_negatives: int = 8192  # uniform random negatives per batch on top of the in-batch ones (0: none); a
     #                              catalog this small or smaller is taken whole: the exact full softmax
-    batch_size: int = 1024
+    batch_size: int = 256  # small batches, many steps: negatives come from the catalog, not only the batch
     epochs: int = 20  # upper bound; early stopping on validation recall ends sooner
     max_epoch_examples: int = 200_000  # examples drawn per epoch (all of them in a smaller shop)
-    patience: int = 3  # epochs without a better validation recall@20 before stopping
+    patience: int = 4  # epochs without a better validation recall@20 before stopping
     lr: float = 3e-3
     weight_decay: float = 1e-6
     seed: int = 0

@@ -5,8 +5,8 @@ Metrics per user on the top-K list, averaged over the target's users, K = 10 and
 - recall@K = hits / |targets| (cold target items count in |targets|, so they cap the ceiling);
 - ndcg@K: binary gains, DCG = sum of 1 / log2(rank + 1) over hits, ideal DCG over min(|targets|, K);
 - hit@K: share of users with >= 1 hit; precision@K = hits / K;
-- map@K: recommenders' current map_at_k, (sum over hits of precision@rank) / min(|targets|, K). Releases before
-  recommenders 1.2 divided by |targets| instead (that is now its `map`);
+- map@K: recommenders' current map_at_k, (sum over hits of precision@rank) / min(|targets|, K). Its older
+  releases divided by |targets| instead (what it now calls `map`), which gives lower figures;
 - coverage@K: distinct items in the top-K lists of all users / number of train items.
 On msr-stratified these are recommenders' ndcg_at_k / precision_at_k / recall_at_k / map_at_k (binary relevance,
 seen items removed, users = those in both train and test).
@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from tqdm import tqdm
 
 from training.baselines import ALS, BPR, EASE, ItemKNN, Popularity, Recommender, Repurchase, grid_points
+from training.pipeline import TwoTowerRecommender
 from training.protocols import Split, Target, main_target, make_split, targets, validation_split
 
 KS = (10, 20)
@@ -49,6 +50,9 @@ RECOMMENDERS: dict[str, Callable[..., Recommender]] = {
     "als": ALS,
     "bpr": BPR,
     "ease": EASE,
+    # The production pipeline (features from the train split through Feast, the full preset, not tuned here).
+    "two_tower": lambda **params: TwoTowerRecommender(name="two_tower", **params),
+    "two_tower+ranker": lambda **params: TwoTowerRecommender(name="two_tower+ranker", with_ranker=True, **params),
 }
 
 
@@ -220,6 +224,9 @@ def run(
                 recall = evaluate_target(model, split, cold, items=split.all_items, ks=(20,))["recall@20"]
             result["cold_start"][target_name]["recall@20"][name] = recall
         result["seconds"][name] = round(time.perf_counter() - tick, 2)
+        if getattr(model, "retrieval", None) is not None:  # our models: how their training went
+            reports = {"two_tower": model.retrieval.report, "ranker": getattr(model.ranker, "report", None)}
+            result.setdefault("training", {})[name] = {k: r.__dict__ for k, r in reports.items() if r is not None}
         result["params"][name] = params
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
 

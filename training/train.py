@@ -56,6 +56,13 @@ class TrainReport:
     best_valid_recall_at_20: float = 0.0
 
 
+def held_out(order: np.ndarray, share: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) example positions: the latest `share` by order validates (at most 5,000)."""
+    by_order = np.argsort(order, kind="stable")
+    n_valid = min(int(len(by_order) * share), 5000) if len(by_order) >= 200 else 0
+    return by_order[: len(by_order) - n_valid], by_order[len(by_order) - n_valid :]
+
+
 def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="auto", valid_share=0.05, progress=True):
     """Train on all but the latest valid_share of the examples; stop early on their recall@20 (the share of held-out
     examples whose item ranks in the top 20 of the whole catalog). Returns (model at its best epoch, report)."""
@@ -65,9 +72,8 @@ def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="aut
     model = TwoTower(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    by_time = np.argsort(data.order, kind="stable")
-    n_valid = min(int(len(by_time) * valid_share), 5000) if len(by_time) >= 200 else 0
-    train_idx, valid_idx = by_time[: len(by_time) - n_valid], by_time[len(by_time) - n_valid :]
+    train_idx, valid_idx = held_out(data.order, valid_share)
+    n_valid = len(valid_idx)
     n_items = len(data.items.ids)
     # Sampling probability of each catalog row as a negative: in-batch negatives come with the positives'
     # popularity, extra ones uniformly; logQ subtracts the log of the mixture's expected count per batch.
