@@ -15,6 +15,9 @@ class TwoTowerConfig:
     #                        event of the user (protocols without time, e.g. msr-stratified); "auto": "before"
     #                        when fitted up to a cutoff time, "all_but_target" when fitted without one
     id_dropout: float = 0.25  # share of items trained without their id vector, so text and category alone work
+    history_dropout: float = -1.0  # share of history events hidden in each training example, denoising so the
+    #                                user tower generalises instead of echoing its inputs (Mult-DAE's 0.5); -1:
+    #                                0.5 with history="all_but_target", 0 with "before" (the real past, in order)
     temperature: float = 0.07  # softmax temperature of InfoNCE
     log_q: bool = True  # correct in-batch negatives for their popularity (subtract log q)
     extra_negatives: int = 8192  # uniform random negatives per batch on top of the in-batch ones (0: none); a

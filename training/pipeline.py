@@ -125,6 +125,8 @@ class TwoTowerRecommender:
         train = _by_time(train)
         if self.config.history == "auto":
             self.config = replace(self.config, history="before" if as_of is not None else "all_but_target")
+        if self.config.history_dropout < 0:
+            self.config = replace(self.config, history_dropout=0.5 if self.config.history == "all_but_target" else 0.0)
         as_of = pd.Timestamp(as_of if as_of is not None else train["event_timestamp"].max())
         as_of = (as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")).ceil("D")
         key = (len(train), str(train["event_timestamp"].iloc[0]), str(train["event_timestamp"].iloc[-1]),

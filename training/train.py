@@ -103,7 +103,12 @@ def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="aut
                 continue
             rows = item_rows[batch]
             with _autocast(device):
-                users = model.user_tower(*_user_batch(user_tensors, user_rows[batch], rows, item_tensors, config))
+                history_ids, history_types, numbers = _user_batch(user_tensors, user_rows[batch], rows, item_tensors,
+                                                                  config)  # fmt: skip
+                if config.history_dropout:
+                    hidden = torch.rand(history_ids.shape, device=device) < config.history_dropout
+                    history_ids, history_types = history_ids.masked_fill(hidden, 0), history_types.masked_fill(hidden, 0)
+                users = model.user_tower(history_ids, history_types, numbers)
                 items = _item_vectors(model, item_tensors, rows, config.id_dropout)
                 extra_rows = extra = extra_log_q = None
                 if config.extra_negatives:
