@@ -11,6 +11,8 @@ export AIRFLOW_HOME ?= $(SHOPREC_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(abspath dags)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__PARALLELISM ?= 4
+# The demo retrains the tiny preset so it ends in minutes on a laptop; `make demo DEMO_PRESET=full` for the real one.
+DEMO_PRESET ?= tiny
 
 .PHONY: install demo test bench clean
 
@@ -36,7 +38,7 @@ demo: install
 	  || { tail -n 30 $(SHOPREC_HOME)/airflow-features.log; exit 1; }
 	@echo "materialize_features ran under Airflow (log: $(SHOPREC_HOME)/airflow-features.log). An online read:"
 	$(BIN)/shoprec features read 12748 23084 22086 23355 --service ranker_v1
-	$(BIN)/airflow dags test retrain_models > $(SHOPREC_HOME)/airflow-training.log 2>&1 \
+	SHOPREC_RETRAIN_PRESET=$(DEMO_PRESET) $(BIN)/airflow dags test retrain_models > $(SHOPREC_HOME)/airflow-training.log 2>&1 \
 	  || { tail -n 30 $(SHOPREC_HOME)/airflow-training.log; exit 1; }
 	@echo "retrain_models ran under Airflow (log: $(SHOPREC_HOME)/airflow-training.log). Its evaluation and decision:"
 	$(BIN)/shoprec models
