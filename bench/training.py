@@ -59,7 +59,7 @@ def fit_dataset(dataset: str, data_dir: Path | None) -> tuple[dict, TwoTowerReco
 
 
 def index_figures(vectors: np.ndarray, queries: np.ndarray, label: str) -> dict:
-    exact, hnsw = build_index(vectors, "exact"), None
+    exact = build_index(vectors, "exact")
     started = time.perf_counter()
     hnsw = build_index(vectors, "hnsw")
     build_s = time.perf_counter() - started
@@ -96,7 +96,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     synthetic = rng.standard_normal((200_000, 64)).astype(np.float32)
     synthetic /= np.linalg.norm(synthetic, axis=1, keepdims=True)
-    report["index"].append(index_figures(synthetic, synthetic[rng.choice(len(synthetic), QUERIES)] + 0.0,
+    report["index"].append(index_figures(synthetic, synthetic[rng.choice(len(synthetic), QUERIES)],
                                          "200k random unit vectors"))  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     if only_index and RESULTS.exists():  # keep the training figures of the last full run

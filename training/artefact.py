@@ -13,6 +13,8 @@ import torch
 from training.config import RankerConfig, TwoTowerConfig
 from training.examples import RANKER_SERVICE, TWO_TOWER_SERVICE
 from training.models import Ranker, TwoTower
+from training.pipeline import FittedRanker, Retrieval, TwoTowerRecommender
+from training.train import TrainReport
 
 FORMAT = 1
 SERVICES = (TWO_TOWER_SERVICE, RANKER_SERVICE)
@@ -58,9 +60,6 @@ def describe(directory: Path) -> dict:
 def load(directory: Path, store, as_of=None):
     """A TwoTowerRecommender from a saved folder, reading features from `store` as of as_of (default: the time it
     was trained up to). Refuses a store whose feature services differ from the ones the model was trained on."""
-    from training.pipeline import FittedRanker, Retrieval, TwoTowerRecommender
-    from training.train import TrainReport
-
     description = describe(directory)
     for name, version in description["feature_services"].items():
         if service_version(store, name) != version:

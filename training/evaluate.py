@@ -13,9 +13,9 @@ seen items removed, users = those in both train and test).
 
 Every user is ranked over all train items (never sampled candidates); a target with exclude_train removes the
 user's train items first. Items a model scores -inf never count as recommended.
+The command line face is `shoprec evaluate`.
 """
 
-import argparse
 import json
 import time
 from collections.abc import Callable
@@ -205,6 +205,7 @@ def run(
         "tune_seconds": {},
         "definitions": DEFINITIONS,
     }
+    fitted: dict[str, Recommender] = {}
     for name in tqdm(models or list(RECOMMENDERS), desc=f"{dataset} {protocol}"):
         factory = RECOMMENDERS[name]
         grid = search_grid(factory, split)
@@ -215,7 +216,13 @@ def run(
             result["tune_seconds"][name] = round(time.perf_counter() - tick, 2)
             result["tuning"][name] = table.to_dict("records")
         tick = time.perf_counter()
-        model = factory(**params).fit(split.train, split.catalog, split.cutoff)
+        if name == "two_tower+ranker" and "two_tower" in fitted and not params:
+            # The pipeline's two rows share their two-tower: fit it once, add the ranker.
+            model = fitted["two_tower"].plus_ranker(split.train, split.catalog, name)
+        else:
+            model = factory(**params).fit(split.train, split.catalog, split.cutoff)
+        if name == "two_tower":
+            fitted[name] = model  # only this one is reused; a baseline's matrices are freed with it
         for target_name, goal in goals.items():
             result["targets"][target_name][name] = evaluate_target(model, split, goal)
             cold = cold_goals[target_name]
@@ -298,20 +305,3 @@ def markdown_table(result: dict) -> str:
         recalls = ", ".join(f"{m} {r:.4f}" for m, r in cold["recall@20"].items() if r is not None) or "-"
         lines.append(f"| {target_name} | {cold['users']} | {cold['ceiling']:.4f} | {recalls} |")
     return "\n".join(lines) + "\n"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset")
-    parser.add_argument("protocol", choices=("temporal", "msr-stratified"))
-    parser.add_argument("--data-dir", type=Path)
-    parser.add_argument("--models", nargs="*")
-    parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
-    parser.add_argument("--no-tune", action="store_true")
-    args = parser.parse_args()
-    result = run(args.dataset, args.protocol, args.data_dir, args.models, args.out_dir, tune=not args.no_tune)
-    print(markdown_table(result))
-
-
-if __name__ == "__main__":
-    main()

@@ -47,9 +47,10 @@ def item_table(store: FeatureStore, item_ids, as_of, config: TwoTowerConfig, tra
     category = joined["item_catalog__category"]
     price = pd.to_numeric(joined["item_catalog__price"], errors="coerce").to_numpy(np.float64)
     texts = np.zeros((len(ids), config.text_dim), np.float32)
-    for i, vector in enumerate(joined["item_catalog__text_embedding"].to_numpy()):
-        if vector is not None and not (isinstance(vector, float) and np.isnan(vector)) and len(vector):
-            texts[i] = vector
+    vectors = joined["item_catalog__text_embedding"].to_numpy()
+    found = np.array([v is not None and not isinstance(v, float) and len(v) > 0 for v in vectors], dtype=bool)
+    if found.any():
+        texts[found] = np.stack(vectors[found])
     categories = np.where(category.notna().to_numpy(), hash_buckets(category.fillna("").to_numpy(),
                                                                     config.category_buckets), 0)  # fmt: skip
     return ItemTable(
@@ -80,7 +81,9 @@ class UserInputs:
 
     def tensors(self, rows=None, device="cpu") -> tuple:
         rows = slice(None) if rows is None else rows
-        return tuple(torch.as_tensor(a[rows], device=device) for a in (self.history_ids, self.history_types, self.numbers))
+        return tuple(
+            torch.as_tensor(a[rows], device=device) for a in (self.history_ids, self.history_types, self.numbers)
+        )
 
 
 def user_inputs(joined: pd.DataFrame, config: TwoTowerConfig) -> UserInputs:

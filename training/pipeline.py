@@ -8,6 +8,7 @@ for each user (plus the user's own past items) are labelled by the window's even
 of them the user took. At scoring time the two-tower trained on all train events retrieves and the ranker reorders.
 """
 
+import copy
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,7 +46,6 @@ RANKER_FEATURES = (
     "item_add_to_carts_7d", "item_purchases_30d", "item_conversion_rate_30d", "log_item_first_seen_age",
     "log_price",
 )  # fmt: skip
-_LAST_RETRIEVAL: dict = {}  # the latest fit, by its data and config
 RECENCY_CAP_S = 3.2e7  # about a year: 'never' reads as older than anything seen
 
 
@@ -64,7 +64,9 @@ class Retrieval:
         return user_vectors(self.model, user_inputs(joined, self.model.config))
 
     def items(self, item_ids) -> np.ndarray:
-        return item_vectors(self.model, item_table(self.store, item_ids, self.as_of, self.model.config, self.trained_ids))
+        return item_vectors(
+            self.model, item_table(self.store, item_ids, self.as_of, self.model.config, self.trained_ids)
+        )
 
 
 def fit_retrieval(store, train: pd.DataFrame, as_of: pd.Timestamp, config: TwoTowerConfig, device="auto",
@@ -129,14 +131,8 @@ class TwoTowerRecommender:
             self.config = replace(self.config, history_dropout=0.5 if self.config.history == "all_but_target" else 0.0)
         as_of = pd.Timestamp(as_of if as_of is not None else train["event_timestamp"].max())
         as_of = (as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")).ceil("D")
-        key = (len(train), str(train["event_timestamp"].iloc[0]), str(train["event_timestamp"].iloc[-1]),
-               str(as_of), repr(self.config))  # fmt: skip
-        if _LAST_RETRIEVAL.get("key") == key:  # the benchmark's two rows share one two-tower: fit it once
-            self.retrieval = _LAST_RETRIEVAL["retrieval"]
-            return self
         store, _ = store_for_events(train, catalog, self.work_dir / "all", as_of, self.work_dir / EMBEDDING_CACHE)
         self.retrieval = fit_retrieval(store, train, as_of, self.config, self.device, self.progress)
-        _LAST_RETRIEVAL.update(key=key, retrieval=self.retrieval)
         return self
 
     def fit_ranker(self, train: pd.DataFrame, catalog: pd.DataFrame) -> "TwoTowerRecommender":
@@ -149,9 +145,15 @@ class TwoTowerRecommender:
         self.with_ranker = True
         return self
 
+    def plus_ranker(self, train: pd.DataFrame, catalog: pd.DataFrame, name: str) -> "TwoTowerRecommender":
+        """A copy sharing this fitted two-tower, with a ranker fitted on top (what fit() would give with_ranker)."""
+        combined = copy.copy(self)
+        combined.name = name
+        return combined.fit_ranker(train, catalog)
+
     def _item_vectors(self, items: np.ndarray) -> np.ndarray:
         # Evaluation scores users in chunks against one item list: embed it once.
-        key = (len(items), items[0] if len(items) else None, items[-1] if len(items) else None)
+        key = hash(tuple(items))
         if getattr(self, "_items_key", None) != key:
             self._items_key, self._items = key, self.retrieval.items(items)
         return self._items
@@ -188,51 +190,53 @@ class FittedRanker:
 
     def rerank(self, retrieval: Retrieval, users, items, scores: np.ndarray, target: str) -> np.ndarray:
         """Candidates (top retrieval + own past items) get 10 + P(event); the rest keep retrieval order below."""
-        frame = candidates(retrieval, users, items, scores, self.config.candidates)
-        probabilities = self.probabilities(ranker_features(retrieval.store, retrieval.as_of, users, frame))
+        frame, features = candidate_features(retrieval, users, items, scores, self.config.candidates)
+        probabilities = self.probabilities(features)
         head = Ranker.TASKS.index("purchase" if target == "buy" else "interact")
         out = scores.astype(np.float32) - 100.0
         out[frame["user"].to_numpy(), frame["item"].to_numpy()] = 10.0 + probabilities[:, head]
         return out
 
 
-def candidates(retrieval: Retrieval, users, items, scores: np.ndarray, n: int) -> pd.DataFrame:
-    """Per user: the n best items by retrieval score and every item of their own history (as positions into users
-    and items), with the retrieval score and rank of each."""
+def candidate_features(retrieval: Retrieval, users, items, scores: np.ndarray, n: int):
+    """(candidates, their RANKER_FEATURES): per user the n best items by retrieval score and every item of their
+    own history (as positions into users and items), read through ranker_v1 as of the retrieval's time."""
+    history = user_features(retrieval.store, users, [retrieval.as_of] * len(users), RANKER_SERVICE)
+    past = _history_frame(history)
     n = min(n, scores.shape[1])
     top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
     frame = pd.DataFrame({"user": np.repeat(np.arange(len(users)), n), "item": top.ravel()})
-    history = user_features(retrieval.store, users, [retrieval.as_of] * len(users), RANKER_SERVICE)
     position = pd.Series(np.arange(len(items)), index=pd.Index(items))
-    own = _history_frame(history)[["user", "item_id"]].drop_duplicates()
+    own = past[["user", "item_id"]].drop_duplicates()
     own = own.assign(item=position.reindex(own["item_id"]).to_numpy()).dropna(subset=["item"])
     frame = pd.concat([frame, own[["user", "item"]].astype(np.int64)]).drop_duplicates(ignore_index=True)
     frame["retrieval_score"] = scores[frame["user"], frame["item"]]
-    ranks = (-scores).argsort(axis=1).argsort(axis=1)
+    ranks = np.empty(scores.shape, np.int64)
+    np.put_along_axis(ranks, np.argsort(-scores, axis=1), np.arange(scores.shape[1])[None, :], axis=1)
     frame["retrieval_rank"] = ranks[frame["user"], frame["item"]]
     frame["item_id"] = items[frame["item"].to_numpy()]
-    return frame
+    return frame, _ranker_features(retrieval.store, retrieval.as_of, history, past, frame)
 
 
 def _history_frame(history: pd.DataFrame) -> pd.DataFrame:
     """The user_history lists exploded to one row per past event: user (position), item_id, type, time, position."""
-    parts = []
-    for user, (ids, types, times) in enumerate(zip(history["user_history__history_items"],
-                                                    history["user_history__history_types"],
-                                                    history["user_history__history_times"], strict=True)):  # fmt: skip
-        if ids is None or isinstance(ids, float) or len(ids) == 0:
-            continue
-        parts.append(pd.DataFrame({"user": user, "item_id": np.asarray(ids, object), "type": np.asarray(types),
-                                   "time": np.asarray(times), "position": np.arange(len(ids))}))  # fmt: skip
-    if not parts:
-        return pd.DataFrame({"user": [], "item_id": [], "type": [], "time": [], "position": []})
-    return pd.concat(parts, ignore_index=True)
+    lists = [history[f"user_history__history_{name}"].map(lambda v, t=dtype: _as_array(v, t))
+             for name, dtype in (("items", object), ("types", np.int64), ("times", np.int64))]  # fmt: skip
+    sizes = lists[0].map(len).to_numpy(np.int64)
+    flat = [np.concatenate(column.to_list()) if len(column) else np.zeros(0) for column in lists]
+    return pd.DataFrame({"user": np.repeat(np.arange(len(history)), sizes), "item_id": flat[0].astype(object),
+                         "type": flat[1].astype(np.int64), "time": flat[2].astype(np.int64),
+                         "position": np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)})  # fmt: skip
 
 
-def ranker_features(store, as_of: pd.Timestamp, users, frame: pd.DataFrame) -> np.ndarray:
-    """RANKER_FEATURES per candidate row, from ranker_v1 features as of as_of and the retrieval columns."""
-    history = user_features(store, users, [as_of] * len(users), RANKER_SERVICE)
-    past = _history_frame(history)
+def _as_array(value, dtype) -> np.ndarray:
+    """A list-valued feature as an array (empty where the join found no row)."""
+    return np.asarray([] if value is None or isinstance(value, float) else value, dtype=dtype)
+
+
+def _ranker_features(store, as_of: pd.Timestamp, history: pd.DataFrame, past: pd.DataFrame, frame) -> np.ndarray:
+    """RANKER_FEATURES per candidate row, from the ranker_v1 user rows (history), their exploded events (past),
+    item rows as of as_of, and the retrieval columns."""
     past = past.assign(views=past["type"] == 0, carts=past["type"] == 1, purchases=past["type"] == 2)
     pairs = past.groupby(["user", "item_id"]).agg(
         views=("views", "sum"), carts=("carts", "sum"), purchases=("purchases", "sum"), last=("time", "max"),
@@ -281,8 +285,7 @@ def fit_ranker(early: Retrieval, labels: pd.DataFrame, config: RankerConfig, dev
         raise ValueError("the label window has no user with a past: nothing to learn a ranker from")
     items = early.trained_ids
     scores = early.users(users) @ early.items(items).T
-    frame = candidates(early, users, items, scores, config.candidates)
-    features = ranker_features(early.store, early.as_of, users, frame)
+    frame, features = candidate_features(early, users, items, scores, config.candidates)
     user_position = pd.Series(np.arange(len(users)), index=pd.Index(users))
     labelled = labels.assign(user=user_position.reindex(labels["user_id"]).to_numpy()).dropna(subset=["user"])
     labelled["user"] = labelled["user"].astype(np.int64)
@@ -298,4 +301,3 @@ def fit_ranker(early: Retrieval, labels: pd.DataFrame, config: RankerConfig, dev
     examples = RankerExamples((features - mean) / std, np.stack(label_columns, 1), np.stack(known_columns, 1))
     model, report = train_ranker(examples, config, device=device, progress=progress)
     return FittedRanker(model.cpu(), mean, std, config, report)
-

@@ -49,6 +49,7 @@ def decide(challenger: dict, champion: dict | None, floor: dict | None = None, t
 
 
 def _store(settings: Settings):
+    # BentoML reads BENTOML_HOME once per process; an explicit store keeps each SHOPREC_HOME (and each test) apart.
     from bentoml._internal.models import ModelStore
 
     path = Layout(settings.home).model_store

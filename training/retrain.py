@@ -20,7 +20,7 @@ import pandas as pd
 
 from core.layout import Layout, read_json, write_json, write_parquet
 from core.settings import Settings
-from features.build import read_events
+from features.build import lake_days, read_events
 from features.store import open_store
 from training import artefact
 from training import publish as model_store
@@ -40,7 +40,7 @@ def run_folder(settings: Settings, run_id: str) -> Path:
 def prepare(settings: Settings, run_id: str, preset_name: str = "full") -> dict:
     """Cut the lake at 90% of its events by time; refuse a lake too small to learn from."""
     layout = Layout(settings.home)
-    days = sorted(p.name.removeprefix("event_date=") for p in layout.events.glob("event_date=*"))
+    days = lake_days(layout)
     if not days:
         raise ValueError("the event lake is empty: ingest events before retraining")
     events = read_events(layout, days[-1])

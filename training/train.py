@@ -55,6 +55,22 @@ class TrainReport:
     valid_recall_at_20: list[float] = field(default_factory=list)
     best_valid_recall_at_20: float = 0.0
 
+    def end_epoch(self, loss_sum: float, examples: int, started: float) -> None:
+        self.epoch_seconds.append(time.perf_counter() - started)
+        self.epochs += 1
+        self.losses.append(loss_sum / max(examples, 1))
+
+    def end(self, started: float) -> None:
+        self.seconds = time.perf_counter() - started
+        self.examples_per_s = self.examples / max(float(np.median(self.epoch_seconds or [0.0])), 1e-9)
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
 
 def held_out(order: np.ndarray, share: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) example positions: the latest `share` by order validates (at most 5,000)."""
@@ -79,7 +95,9 @@ def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="aut
     # popularity, extra ones uniformly; logQ subtracts the log of the mixture's expected count per batch.
     negatives_pool = np.flatnonzero(data.items.trained) if data.items.trained.any() else np.arange(n_items)
     # A catalog no larger than extra_negatives is used whole in every batch: the full softmax, no sampling at all.
-    whole_pool = torch.as_tensor(negatives_pool, device=device) if config.extra_negatives >= len(negatives_pool) else None
+    whole_pool = (
+        torch.as_tensor(negatives_pool, device=device) if config.extra_negatives >= len(negatives_pool) else None
+    )
     n_extra = len(negatives_pool) if whole_pool is not None else config.extra_negatives
     popularity = np.bincount(data.item_rows[train_idx], minlength=n_items) / max(len(train_idx), 1)
     expected = config.batch_size * popularity + n_extra / len(negatives_pool)
@@ -107,24 +125,25 @@ def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="aut
                                                                   config)  # fmt: skip
                 if config.history_dropout:
                     hidden = torch.rand(history_ids.shape, device=device) < config.history_dropout
-                    history_ids, history_types = history_ids.masked_fill(hidden, 0), history_types.masked_fill(hidden, 0)
+                    history_ids, history_types = (
+                        history_ids.masked_fill(hidden, 0),
+                        history_types.masked_fill(hidden, 0),
+                    )
                 users = model.user_tower(history_ids, history_types, numbers)
                 items = _item_vectors(model, item_tensors, rows, config.id_dropout)
                 extra_rows = extra = extra_log_q = None
                 if config.extra_negatives:
-                    extra_rows = whole_pool if whole_pool is not None else torch.as_tensor(
-                        generator.choice(negatives_pool, config.extra_negatives), device=device)
+                    extra_rows = (
+                        whole_pool
+                        if whole_pool is not None
+                        else torch.as_tensor(generator.choice(negatives_pool, config.extra_negatives), device=device)
+                    )
                     extra = _item_vectors(model, item_tensors, extra_rows, config.id_dropout)
                     extra_log_q = log_q[extra_rows] if config.log_q else None
                 loss = info_nce(users, items, rows, config.temperature, log_q[rows] if config.log_q else None,
                                 extra, extra_rows, extra_log_q)  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        report.epoch_seconds.append(time.perf_counter() - tick)
-        report.epochs += 1
-        report.losses.append(total / max(len(order), 1))
+            total += _step(optimizer, loss) * len(batch)
+        report.end_epoch(total, len(order), tick)
         recall = _valid_recall(model, data, valid_idx, device, config) if n_valid else float("nan")
         report.valid_recall_at_20.append(recall)
         bar.set_postfix(loss=f"{report.losses[-1]:.3f}", valid_recall_20=f"{recall:.3f}")
@@ -135,8 +154,7 @@ def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="aut
             stale_epochs += 1
             if stale_epochs >= config.patience:
                 break
-    report.seconds = time.perf_counter() - started
-    report.examples_per_s = report.examples / max(float(np.median(report.epoch_seconds)), 1e-9)
+    report.end(started)
     model.load_state_dict(best_state)
     return model.eval(), report
 
@@ -229,14 +247,8 @@ def train_ranker(data: RankerExamples, config: RankerConfig, device="auto", prog
             batch = order[start : start + config.batch_size]
             with _autocast(device):
                 loss = multitask_bce(model(features[batch]), labels[batch], known[batch], weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        report.epoch_seconds.append(time.perf_counter() - tick)
-        report.epochs += 1
-        report.losses.append(total / max(len(order), 1))
+            total += _step(optimizer, loss) * len(batch)
+        report.end_epoch(total, len(order), tick)
         bar.set_postfix(loss=f"{report.losses[-1]:.4f}")
-    report.seconds = time.perf_counter() - started
-    report.examples_per_s = report.examples / max(float(np.median(report.epoch_seconds)), 1e-9)
+    report.end(started)
     return model.eval(), report

@@ -3,23 +3,11 @@
 import sqlite3
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 
-from core.contract import LAKE_SCHEMA
-from core.layout import table_bytes, write_atomically, write_parquet
+from core.layout import write_parquet
 from ingest import synthetic
-
-
-def write_lake(layout, events: pd.DataFrame, batch_id: str = "b1") -> None:
-    events = events.assign(item_known=True, batch_id=batch_id)
-    events["event_timestamp"] = pd.to_datetime(events["event_timestamp"], utc=True)
-    for day, rows in events.groupby(events["event_timestamp"].dt.strftime("%Y-%m-%d")):
-        table = pa.Table.from_pandas(rows.reset_index(drop=True), schema=LAKE_SCHEMA, preserve_index=False)
-        write_atomically(layout.event_partition(day) / f"{batch_id}.parquet", table_bytes(table))
-    (layout.gate).mkdir(parents=True, exist_ok=True)
-    as_of = events["event_timestamp"].max().ceil("D")
-    (layout.gate / f"{batch_id}.json").write_text(f'{{"status": "accepted", "as_of": "{as_of.isoformat()}"}}')
+from training.offline_store import write_lake
 
 
 def write_synthetic_shop(layout, n_events: int, n_users: int, n_items: int, days: int, seed: int) -> pd.DataFrame:

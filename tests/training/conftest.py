@@ -8,6 +8,7 @@ import pytest
 from core.layout import write_parquet
 from training.offline_store import write_lake
 
+T0 = pd.Timestamp("2024-01-01", tz="UTC")
 GROUPS, SHELF, USERS_PER_GROUP, DAYS = 4, 25, 30, 28
 
 
@@ -31,6 +32,16 @@ def tasteful_shop(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
                             "category": [shelves[i // SHELF].split()[1] for i in ids], "price": 2.5,
                             "first_seen": pd.Timestamp("2024-03-01", tz="UTC")})  # fmt: skip
     return events.sort_values("event_timestamp", kind="stable").reset_index(drop=True), catalog
+
+
+def events_from(rows: list[tuple], step: pd.Timedelta) -> pd.DataFrame:
+    """Events from (user, item, steps after T0[, event_type]) tuples; the event type defaults to purchase."""
+    records = [
+        {"user_id": r[0], "item_id": r[1], "event_timestamp": T0 + r[2] * step,
+         "event_type": r[3] if len(r) > 3 else "purchase"}
+        for r in rows
+    ]  # fmt: skip
+    return pd.DataFrame(records, columns=["user_id", "item_id", "event_type", "event_timestamp"])
 
 
 @pytest.fixture

@@ -7,20 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.training.conftest import T0, events_from
 from training import evaluate, protocols
 from training.baselines import ALS, BPR, EASE, Interactions, ItemKNN, Popularity, Repurchase
-
-T0 = pd.Timestamp("2024-01-01", tz="UTC")
 
 
 def frame(rows: list[tuple]) -> pd.DataFrame:
     """Events from (user, item, hours after T0[, event_type]) tuples."""
-    records = [
-        {"user_id": r[0], "item_id": r[1], "event_timestamp": T0 + pd.Timedelta(hours=r[2]),
-         "event_type": r[3] if len(r) > 3 else "purchase"}
-        for r in rows
-    ]  # fmt: skip
-    return pd.DataFrame(records, columns=["user_id", "item_id", "event_type", "event_timestamp"])
+    return events_from(rows, pd.Timedelta(hours=1))
 
 
 def co_occurring() -> pd.DataFrame:

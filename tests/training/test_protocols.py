@@ -8,21 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.training.conftest import T0, events_from
 from training import protocols
 from training.evaluate import evaluate_target, ranking_metrics
 from training.protocols import Split, msr_stratified_split, targets, temporal_split, validation_split
 
-T0 = pd.Timestamp("2024-01-01", tz="UTC")
 
-
-def frame(rows: list[tuple], **extra) -> pd.DataFrame:
+def frame(rows: list[tuple]) -> pd.DataFrame:
     """Events from (user, item, minutes after T0[, event_type]) tuples."""
-    records = [
-        {"user_id": r[0], "item_id": r[1], "event_timestamp": T0 + pd.Timedelta(minutes=r[2]),
-         "event_type": r[3] if len(r) > 3 else "purchase"}
-        for r in rows
-    ]  # fmt: skip
-    return pd.DataFrame(records, columns=["user_id", "item_id", "event_type", "event_timestamp"])
+    return events_from(rows, pd.Timedelta(minutes=1))
 
 
 def test_load_interactions_keeps_usable_events_once_sorted_by_time(monkeypatch):
