@@ -13,7 +13,7 @@ import torch
 from training.config import RankerConfig, TwoTowerConfig
 from training.examples import RANKER_SERVICE, TWO_TOWER_SERVICE
 from training.models import Ranker, TwoTower
-from training.pipeline import FittedRanker, Retrieval, TwoTowerRecommender
+from training.pipeline import RANKER_FEATURES, FittedRanker, Retrieval, TwoTowerRecommender
 from training.train import TrainReport
 
 FORMAT = 1
@@ -47,7 +47,12 @@ def save(recommender, directory: Path, metadata: dict) -> Path:
     if recommender.ranker is not None:
         ranker = recommender.ranker
         torch.save(ranker.model.state_dict(), directory / "ranker.pt")
-        description["ranker"] = {**ranker.config.to_dict(), "mean": ranker.mean.tolist(), "std": ranker.std.tolist()}
+        description["ranker"] = {
+            **ranker.config.to_dict(),
+            "mean": ranker.mean.tolist(),
+            "std": ranker.std.tolist(),
+            "features": list(RANKER_FEATURES),
+        }
         description["ranker_report"] = ranker.report.__dict__
     (directory / "artefact.json").write_text(json.dumps(description, indent=2, default=str) + "\n")
     return directory
@@ -74,7 +79,9 @@ def load(directory: Path, store, as_of=None):
     trained = np.asarray(description["trained_item_ids"], dtype=object)
     recommender.retrieval = Retrieval(model.eval(), store, as_of, trained, report)
     if "ranker" in description:
-        fields = {k: v for k, v in description["ranker"].items() if k not in ("mean", "std")}
+        if description["ranker"].get("features") != list(RANKER_FEATURES):
+            raise ValueError("the ranker was trained on other features than this code computes: retrain it")
+        fields = {k: v for k, v in description["ranker"].items() if k not in ("mean", "std", "features")}
         ranker_config = RankerConfig(**{**fields, "hidden": tuple(fields["hidden"])})
         mean, std = (np.asarray(description["ranker"][k], np.float32) for k in ("mean", "std"))
         ranker = Ranker(len(mean), ranker_config)

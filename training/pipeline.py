@@ -44,7 +44,7 @@ RANKER_FEATURES = (
     "log_age_since_user_item", "log_history_position", "user_views_7d", "user_add_to_carts_7d",
     "user_purchases_30d", "log_user_last_event_age", "user_distinct_items_30d", "item_views_7d",
     "item_add_to_carts_7d", "item_purchases_30d", "item_conversion_rate_30d", "log_item_first_seen_age",
-    "log_price",
+    "log_price", "history_max_similarity", "history_mean_similarity",
 )  # fmt: skip
 RECENCY_CAP_S = 3.2e7  # about a year: 'never' reads as older than anything seen
 
@@ -72,6 +72,13 @@ class Retrieval:
 def fit_retrieval(store, train: pd.DataFrame, as_of: pd.Timestamp, config: TwoTowerConfig, device="auto",
                   progress=True) -> Retrieval:  # fmt: skip
     """Two-tower on every train event as a positive, user inputs point in time from the feature store."""
+    examples, config, trained_ids = retrieval_examples(store, train, as_of, config)
+    model, report = train_two_tower(examples, config, device=device, progress=progress)
+    return Retrieval(model.cpu(), store, as_of, trained_ids, report)
+
+
+def retrieval_examples(store, train: pd.DataFrame, as_of: pd.Timestamp, config: TwoTowerConfig):
+    """(RetrievalExamples, config with id_buckets sized, trained item ids): every train event is a positive."""
     trained_ids = np.sort(train["item_id"].unique())
     if not config.id_buckets:
         config = replace(config, id_buckets=max(1024, 1 << int(np.ceil(np.log2(2 * len(trained_ids) + 1)))))
@@ -94,9 +101,7 @@ def fit_retrieval(store, train: pd.DataFrame, as_of: pd.Timestamp, config: TwoTo
         for row, bucket in zip(user_rows[valid], catalog.id_buckets[item_rows[valid]], strict=True):
             hit = users.history_ids[row] == bucket
             users.history_ids[row, hit], users.history_types[row, hit] = 0, 0
-    examples = RetrievalExamples(users, user_rows, catalog, item_rows, order)
-    model, report = train_two_tower(examples, config, device=device, progress=progress)
-    return Retrieval(model.cpu(), store, as_of, trained_ids, report)
+    return RetrievalExamples(users, user_rows, catalog, item_rows, order), config, trained_ids
 
 
 def _by_time(events: pd.DataFrame) -> pd.DataFrame:
@@ -124,26 +129,35 @@ class TwoTowerRecommender:
 
     def fit_retrieval(self, train: pd.DataFrame, catalog: pd.DataFrame, as_of=None) -> "TwoTowerRecommender":
         """The two-tower on every train event, features from a store built from train alone, as of as_of."""
-        train = _by_time(train)
+        store, as_of = self.feature_store(train, catalog, as_of)
+        self.retrieval = fit_retrieval(store, _by_time(train), as_of, self.config, self.device, self.progress)
+        return self
+
+    def feature_store(self, train: pd.DataFrame, catalog: pd.DataFrame, as_of=None):
+        """(Feast store of train's features, as_of at midnight UTC); settles the config's "auto" choices."""
         if self.config.history == "auto":
             self.config = replace(self.config, history="before" if as_of is not None else "all_but_target")
         if self.config.history_dropout < 0:
             self.config = replace(self.config, history_dropout=0.5 if self.config.history == "all_but_target" else 0.0)
         as_of = pd.Timestamp(as_of if as_of is not None else train["event_timestamp"].max())
         as_of = (as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")).ceil("D")
-        store, _ = store_for_events(train, catalog, self.work_dir / "all", as_of, self.work_dir / EMBEDDING_CACHE)
-        self.retrieval = fit_retrieval(store, train, as_of, self.config, self.device, self.progress)
-        return self
+        store, _ = store_for_events(_by_time(train), catalog, self.work_dir / "all", as_of,
+                                    self.work_dir / EMBEDDING_CACHE)  # fmt: skip
+        return store, as_of
 
     def fit_ranker(self, train: pd.DataFrame, catalog: pd.DataFrame) -> "TwoTowerRecommender":
         """The ranker on the label window (see the module docstring); needs its own two-tower trained before it."""
-        earlier, labels, cut = self._label_window(_by_time(train))
-        cache = self.work_dir / EMBEDDING_CACHE
-        early_store, _ = store_for_events(earlier, catalog, self.work_dir / "before_labels", cut, cache)
-        early = fit_retrieval(early_store, earlier, cut, self.config, self.device, self.progress)
+        early, labels = self.early_retrieval(train, catalog)
         self.ranker = fit_ranker(early, labels, self.ranker_config, self.device, self.progress)
         self.with_ranker = True
         return self
+
+    def early_retrieval(self, train: pd.DataFrame, catalog: pd.DataFrame) -> tuple[Retrieval, pd.DataFrame]:
+        """(a two-tower fitted on the events before the label window, the window's events)."""
+        earlier, labels, cut = self._label_window(_by_time(train))
+        cache = self.work_dir / EMBEDDING_CACHE
+        early_store, _ = store_for_events(earlier, catalog, self.work_dir / "before_labels", cut, cache)
+        return fit_retrieval(early_store, earlier, cut, self.config, self.device, self.progress), labels
 
     def plus_ranker(self, train: pd.DataFrame, catalog: pd.DataFrame, name: str) -> "TwoTowerRecommender":
         """A copy sharing this fitted two-tower, with a ranker fitted on top (what fit() would give with_ranker)."""
@@ -215,7 +229,24 @@ def candidate_features(retrieval: Retrieval, users, items, scores: np.ndarray, n
     np.put_along_axis(ranks, np.argsort(-scores, axis=1), np.arange(scores.shape[1])[None, :], axis=1)
     frame["retrieval_rank"] = ranks[frame["user"], frame["item"]]
     frame["item_id"] = items[frame["item"].to_numpy()]
+    frame["history_max_similarity"], frame["history_mean_similarity"] = _history_similarity(retrieval, past, frame)
     return frame, _ranker_features(retrieval.store, retrieval.as_of, history, past, frame)
+
+
+def _history_similarity(retrieval: Retrieval, past: pd.DataFrame, frame: pd.DataFrame):
+    """(max, mean) cosine between each candidate's item vector and those of the user's past items (0 without a
+    past): the item-to-item view of the same model, which the user vector's single summary can blur."""
+    ids = pd.Index(pd.unique(np.concatenate([frame["item_id"].to_numpy(object), past["item_id"].to_numpy(object)])))
+    vectors = retrieval.items(ids.to_numpy(object)) if len(ids) else np.zeros((0, 1), np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9
+    candidate_rows, past_rows = ids.get_indexer(frame["item_id"]), ids.get_indexer(past["item_id"])
+    highest, mean = np.zeros(len(frame)), np.zeros(len(frame))
+    past_by_user = past.groupby("user").indices
+    for user, rows in frame.groupby("user").indices.items():
+        if user in past_by_user:
+            similarity = vectors[candidate_rows[rows]] @ vectors[past_rows[past_by_user[user]]].T
+            highest[rows], mean[rows] = similarity.max(1), similarity.mean(1)
+    return highest, mean
 
 
 def _history_frame(history: pd.DataFrame) -> pd.DataFrame:
@@ -274,12 +305,21 @@ def _ranker_features(store, as_of: pd.Timestamp, history: pd.DataFrame, past: pd
         "item_conversion_rate_30d": number(item_features, "item_popularity__conversion_rate_30d"),
         "log_item_first_seen_age": np.log1p(number(item_features, "item_popularity__first_seen_age_s")),
         "log_price": np.log1p(np.maximum(number(item_features, "item_catalog__price"), 0)),
+        "history_max_similarity": frame["history_max_similarity"].to_numpy(np.float64),
+        "history_mean_similarity": frame["history_mean_similarity"].to_numpy(np.float64),
     }  # fmt: skip
     return np.stack([columns[name] for name in RANKER_FEATURES], axis=1).astype(np.float32)
 
 
 def fit_ranker(early: Retrieval, labels: pd.DataFrame, config: RankerConfig, device="auto", progress=True):
     """Candidates of the users the label window saw, labelled by what they did in it; then multi-task BCE."""
+    examples, mean, std = ranker_examples(early, labels, config)
+    model, report = train_ranker(examples, config, device=device, progress=progress)
+    return FittedRanker(model.cpu(), mean, std, config, report)
+
+
+def ranker_examples(early: Retrieval, labels: pd.DataFrame, config: RankerConfig):
+    """(RankerExamples standardised, feature means, feature stds) from early's candidates and the label window."""
     users = np.asarray(sorted(labels["user_id"].unique()), dtype=object)
     if len(users) == 0:
         raise ValueError("the label window has no user with a past: nothing to learn a ranker from")
@@ -299,5 +339,4 @@ def fit_ranker(early: Retrieval, labels: pd.DataFrame, config: RankerConfig, dev
         known_columns.append(np.full(len(frame), float(bool(kinds & present)), np.float32))
     mean, std = features.mean(0), features.std(0) + 1e-6
     examples = RankerExamples((features - mean) / std, np.stack(label_columns, 1), np.stack(known_columns, 1))
-    model, report = train_ranker(examples, config, device=device, progress=progress)
-    return FittedRanker(model.cpu(), mean, std, config, report)
+    return examples, mean, std

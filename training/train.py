@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from training.config import RankerConfig, TwoTowerConfig
-from training.examples import ItemTable, UserInputs
+from training.inputs import ItemTable, UserInputs
 from training.losses import info_nce, multitask_bce
 from training.models import Ranker, TwoTower
 
