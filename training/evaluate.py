@@ -239,8 +239,27 @@ def run(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"quality-{dataset}-{protocol}"
+    if models:  # a subset refreshes its own rows of an earlier run on the same split and keeps the others
+        result = _merged(stem.with_suffix(".json"), result, models)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=_plain) + "\n")
     plot(result, stem.with_suffix(".png"))
+    return result
+
+
+def _merged(path: Path, result: dict, refreshed: list[str]) -> dict:
+    """result's models over those of the run saved at path, when that run had the same split (else result alone)."""
+    if not path.exists():
+        return result
+    earlier = json.loads(path.read_text())
+    if earlier.get("split") != json.loads(json.dumps(result["split"], default=_plain)):
+        return result
+    for section in ("params", "tuning", "seconds", "tune_seconds", "training"):
+        result[section] = {**earlier.get(section, {}), **result.get(section, {})}
+    for name in result["targets"]:
+        result["targets"][name] = {**earlier["targets"].get(name, {}), **result["targets"][name]}
+        recalls = result["cold_start"][name]["recall@20"]
+        result["cold_start"][name]["recall@20"] = {**earlier["cold_start"][name]["recall@20"], **recalls}
+    result["refreshed"] = refreshed  # the other rows come from the earlier run
     return result
 
 

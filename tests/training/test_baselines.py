@@ -136,3 +136,8 @@ def test_run_tunes_evaluates_and_writes_json_png_and_table(monkeypatch, tmp_path
     assert "| ease |" in table and "### all" in table
     with pytest.raises(ValueError, match="MovieLens"):
         evaluate.run("toy", "msr-stratified", out_dir=tmp_path)
+    # A later run of a subset refreshes its rows of the same split and keeps the others.
+    evaluate.run("toy", "temporal", models=["item_knn"], out_dir=tmp_path, tune=False)
+    merged = json.loads((tmp_path / "quality-toy-temporal.json").read_text())
+    assert set(merged["targets"]["new"]) == {"popularity", "repurchase", "ease", "item_knn"}
+    assert merged["targets"]["new"]["ease"] == metrics and merged["refreshed"] == ["item_knn"]
