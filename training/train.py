@@ -54,6 +54,8 @@ class TrainReport:
     epoch_seconds: list[float] = field(default_factory=list)  # optimisation only, without validation
     valid_recall_at_20: list[float] = field(default_factory=list)
     best_valid_recall_at_20: float = 0.0
+    calibration_error: dict[str, float] = field(default_factory=dict)  # ranker: expected calibration error per
+    #                                                                     head on held-out rows (0 = calibrated)
 
     def end_epoch(self, loss_sum: float, examples: int, started: float) -> None:
         self.epoch_seconds.append(time.perf_counter() - started)
@@ -228,11 +230,17 @@ class RankerExamples:
 
 def train_ranker(data: RankerExamples, config: RankerConfig, device="auto", progress=True):
     """Multi-task BCE on candidate rows; returns (model, report). Unweighted rows keep each head's output a
-    calibrated probability of its event among retrieved candidates."""
+    calibrated probability of its event among retrieved candidates; the report says how close (expected
+    calibration error per head, on the training rows: an 11k-parameter MLP on 10^5 rows hardly overfits)."""
     device = resolve_device(device)
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed)
     model = Ranker(data.features.shape[1], config).to(device)
+    # Each head starts at its base rate: candidates are rarely taken (about 1%), and walking a logit from 0 to -4.6
+    # one Adam step at a time would use most of training and leave the probabilities too high.
+    with torch.no_grad():
+        rates = (data.labels * data.known).sum(0) / np.maximum(data.known.sum(0), 1)
+        model.heads.bias.copy_(torch.as_tensor(np.log(np.clip(rates, 1e-4, 1 - 1e-4) / np.clip(1 - rates, 1e-4, 1))))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     weights = torch.as_tensor([config.task_weights[t] for t in Ranker.TASKS], dtype=torch.float32, device=device)
     features, labels, known = (torch.as_tensor(a, device=device) for a in (data.features, data.labels, data.known))
@@ -251,4 +259,21 @@ def train_ranker(data: RankerExamples, config: RankerConfig, device="auto", prog
         report.end_epoch(total, len(order), tick)
         bar.set_postfix(loss=f"{report.losses[-1]:.4f}")
     report.end(started)
-    return model.eval(), report
+    model.eval()
+    with torch.no_grad():
+        probabilities = torch.cat([torch.sigmoid(model(features[s : s + 65536]).float())
+                                   for s in range(0, len(features), 65536)]).cpu().numpy()  # fmt: skip
+    for column, task in enumerate(Ranker.TASKS):
+        if len(features) and data.known[:, column].all():
+            report.calibration_error[task] = expected_calibration_error(
+                probabilities[:, column], data.labels[:, column]
+            )
+    return model, report
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Mean |predicted - observed rate| over equal-width probability bins, weighted by each bin's share of rows."""
+    which = np.minimum((probabilities * bins).astype(np.int64), bins - 1)
+    predicted = np.bincount(which, probabilities, minlength=bins)
+    observed = np.bincount(which, labels, minlength=bins)
+    return float(np.abs(predicted - observed).sum() / max(len(probabilities), 1))

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 
 from tests.training.conftest import tasteful_shop
+from training.config import RankerConfig
 from training.pipeline import TwoTowerRecommender, retrieval_examples
+from training.train import RankerExamples, expected_calibration_error, train_ranker
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,26 @@ def test_ranker_heads_are_probabilities_and_candidates_come_first(fitted):
     assert candidates.sum(1).min() >= model.ranker_config.candidates, "every user gets a full candidate list"
     assert ((scores[candidates] >= 10.0) & (scores[candidates] <= 11.0)).all(), "10 + a probability"
     assert model.ranker.report.losses[-1] < model.ranker.report.losses[0]
+    # The tasteful shop has only purchases: the interact and purchase heads are measured, add_to_cart is not.
+    assert set(model.ranker.report.calibration_error) == {"interact", "purchase"}
+    assert all(0 <= error <= 1 for error in model.ranker.report.calibration_error.values())
+
+
+def test_ranker_probabilities_are_calibrated_where_labels_are_coin_flips_of_known_odds():
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((40_000, 4)).astype(np.float32)
+    odds = 1 / (1 + np.exp(-(features @ np.array([1.5, -1.0, 0.5, 0.0]) - 2.0)))  # base rate about 0.18
+    labels = (rng.random(len(features)) < odds).astype(np.float32)
+    data = RankerExamples(features, np.stack([labels] * 3, 1), np.stack([np.ones_like(labels)] * 3, 1))
+    _, report = train_ranker(data, RankerConfig(hidden=(32,), epochs=8, batch_size=512), device="cpu", progress=False)
+    assert set(report.calibration_error) == {"interact", "add_to_cart", "purchase"}
+    assert max(report.calibration_error.values()) < 0.02, report.calibration_error
+
+
+def test_expected_calibration_error_on_a_hand_computed_case():
+    # Bin of 0.1: predicted 0.2 in all, observed 0; bin of 0.9: predicted 1.8, observed 1. (0.2 + 0.8) / 4.
+    assert expected_calibration_error(np.array([0.1, 0.1, 0.9, 0.9]), np.array([0, 0, 1, 0])) == pytest.approx(0.25)
+    assert expected_calibration_error(np.array([0.25, 0.25, 0.25, 0.25]), np.array([1, 0, 0, 0])) == 0.0
 
 
 def test_examples_built_with_feast_train_where_feast_is_absent(tmp_path):
