@@ -4,6 +4,7 @@ A GPU machine may have torch and no Feast, so the work is split in two:
 
     python -m bench.gpu_training export DIR   # here: the full preset's examples of each dataset, through Feast
     python -m bench.gpu_training train DIR    # there: train both models on them, write DIR/training-gpu.json
+                                              # and each dataset's item and user vectors, DIR/<dataset>-vectors.npz
 
 The two-tower's examples are exactly those `fit` trains on (temporal train split, `full` preset). The ranker's
 candidates come from a `tiny` two-tower, which changes which items are candidates but not how many rows there
@@ -23,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.train import resolve_device, train_ranker, train_two_tower
+from training.inputs import UserInputs
+from training.train import item_vectors, resolve_device, train_ranker, train_two_tower, user_vectors
 
 DATASETS = ("online_retail", "taobao", "movielens")
 BATCH_SIZES = {"two_tower": (256, 1024, 4096), "ranker": (2048, 16384, 65536)}
+QUERIES = 1000  # user vectors saved beside the item vectors, as index queries
 THROUGHPUT_EPOCHS = 3  # timed epochs per batch size in the sweep (the median one counts)
 
 
@@ -80,8 +83,15 @@ def train(in_dir: Path) -> None:
         ranker, ranker_config = examples["ranker"]
         row = {}
         # The full preset as fit() runs it: early stopping, validation included in the wall time.
-        _, report = train_two_tower(retrieval, config, device=device, progress=False)
+        model, report = train_two_tower(retrieval, config, device=device, progress=False)
         row["two_tower_full_preset"] = _report(report)
+        # The trained catalog's vectors and the 1,000 latest user states: real vectors for the index benchmark.
+        by_recency = retrieval.user_rows[np.argsort(-retrieval.order)]
+        latest = by_recency[np.sort(np.unique(by_recency, return_index=True)[1])][:QUERIES]
+        queries = UserInputs(*(a[latest] for a in (retrieval.users.history_ids, retrieval.users.history_types,
+                                                    retrieval.users.numbers)))  # fmt: skip
+        np.savez(in_dir / f"{dataset}-vectors.npz", items=item_vectors(model, retrieval.items, device),
+                 queries=user_vectors(model, queries, device))  # fmt: skip
         _, report = train_ranker(ranker, ranker_config, device=device, progress=False)
         row["ranker_full_preset"] = _report(report)
         for name, sizes in BATCH_SIZES.items():

@@ -75,10 +75,12 @@ def index_figures(vectors: np.ndarray, queries: np.ndarray, label: str) -> dict:
 
 
 def main() -> None:
-    """`python -m bench.training` (all of it) or `python -m bench.training index` (the index figures only)."""
+    """`python -m bench.training` (all of it) or `python -m bench.training index [VECTORS.npz ...]` (the index
+    figures only, on the synthetic catalog and on vectors saved by bench/gpu_training.py)."""
     import sys
 
-    only_index = sys.argv[1:] == ["index"]
+    only_index = sys.argv[1:2] == ["index"]
+    saved_vectors = [Path(path) for path in sys.argv[2:]]  # <dataset>-vectors.npz from bench/gpu_training.py
     data_dir = get_settings().data_dir
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                          f"torch {torch.__version__}, {torch.get_num_threads()} threads",
@@ -93,14 +95,22 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         if vectors is not None:
             report["index"].append(index_figures(vectors, queries, "taobao items, two-tower vectors"))
-    rng = np.random.default_rng(0)
-    synthetic = rng.standard_normal((200_000, 64)).astype(np.float32)
-    synthetic /= np.linalg.norm(synthetic, axis=1, keepdims=True)
-    report["index"].append(index_figures(synthetic, synthetic[rng.choice(len(synthetic), QUERIES)],
-                                         "200k random unit vectors"))  # fmt: skip
+    for path in saved_vectors:
+        saved = np.load(path)
+        label = f"{path.name.removesuffix('-vectors.npz')} items, two-tower vectors (trained on a GPU)"
+        report["index"].append(index_figures(saved["items"], saved["queries"], label))
+    if not saved_vectors:  # the synthetic catalog takes minutes to index: only when no saved vectors are asked for
+        rng = np.random.default_rng(0)
+        synthetic = rng.standard_normal((200_000, 64)).astype(np.float32)
+        synthetic /= np.linalg.norm(synthetic, axis=1, keepdims=True)
+        report["index"].append(index_figures(synthetic, synthetic[rng.choice(len(synthetic), QUERIES)],
+                                             "200k random unit vectors"))  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if only_index and RESULTS.exists():  # keep the training figures of the last full run
-        report = {**json.loads(RESULTS.read_text()), "index": report["index"]}
+    if only_index and RESULTS.exists():  # keep the other figures of earlier runs; replace those measured now
+        earlier = json.loads(RESULTS.read_text())
+        measured = {row["catalog"] for row in report["index"]}
+        kept = [row for row in earlier.get("index", []) if row["catalog"] not in measured]
+        report = {**earlier, "index": kept + report["index"]}
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["index"], indent=2))
 
