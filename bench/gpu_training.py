@@ -37,7 +37,7 @@ def export(out_dir: Path) -> None:
     import tempfile
 
     from core.settings import get_settings
-    from training.pipeline import TwoTowerRecommender, ranker_examples, retrieval_examples
+    from training.pipeline import TwoTowerRecommender, by_time, ranker_examples, retrieval_examples
     from training.protocols import make_split
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -50,11 +50,10 @@ def export(out_dir: Path) -> None:
         with tempfile.TemporaryDirectory(prefix=f"export-{dataset}-") as work:
             full = TwoTowerRecommender(preset_name="full", work_dir=Path(work) / "full")
             store, as_of = full.feature_store(split.train, split.catalog, split.cutoff)
-            train = split.train.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
-            retrieval, config, _ = retrieval_examples(store, train, as_of, full.config)
+            retrieval, config, _ = retrieval_examples(store, by_time(split.train), as_of, full.config)
             # The ranker's rows: a tiny two-tower before the label window supplies the candidates.
             tiny = TwoTowerRecommender(preset_name="tiny", work_dir=Path(work) / "tiny", progress=False)
-            tiny.feature_store(split.train, split.catalog, split.cutoff)
+            tiny.settle_config(cutoff_given=True)
             ranker, _, _ = ranker_examples(*tiny.early_retrieval(split.train, split.catalog), full.ranker_config)
         retrieval.items.texts = retrieval.items.texts.astype(np.float16)  # half the bytes to carry
         path = out_dir / f"{dataset}.pkl.gz"

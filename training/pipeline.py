@@ -104,7 +104,8 @@ def retrieval_examples(store, train: pd.DataFrame, as_of: pd.Timestamp, config: 
     return RetrievalExamples(users, user_rows, catalog, item_rows, order), config, trained_ids
 
 
-def _by_time(events: pd.DataFrame) -> pd.DataFrame:
+def by_time(events: pd.DataFrame) -> pd.DataFrame:
+    """Events oldest first (stable, so same-time events keep their order), indexed 0..n-1."""
     return events.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
 
 
@@ -130,20 +131,25 @@ class TwoTowerRecommender:
     def fit_retrieval(self, train: pd.DataFrame, catalog: pd.DataFrame, as_of=None) -> "TwoTowerRecommender":
         """The two-tower on every train event, features from a store built from train alone, as of as_of."""
         store, as_of = self.feature_store(train, catalog, as_of)
-        self.retrieval = fit_retrieval(store, _by_time(train), as_of, self.config, self.device, self.progress)
+        self.retrieval = fit_retrieval(store, by_time(train), as_of, self.config, self.device, self.progress)
         return self
 
     def feature_store(self, train: pd.DataFrame, catalog: pd.DataFrame, as_of=None):
         """(Feast store of train's features, as_of at midnight UTC); settles the config's "auto" choices."""
-        if self.config.history == "auto":
-            self.config = replace(self.config, history="before" if as_of is not None else "all_but_target")
-        if self.config.history_dropout < 0:
-            self.config = replace(self.config, history_dropout=0.5 if self.config.history == "all_but_target" else 0.0)
+        self.settle_config(cutoff_given=as_of is not None)
         as_of = pd.Timestamp(as_of if as_of is not None else train["event_timestamp"].max())
         as_of = (as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")).ceil("D")
-        store, _ = store_for_events(_by_time(train), catalog, self.work_dir / "all", as_of,
+        store, _ = store_for_events(by_time(train), catalog, self.work_dir / "all", as_of,
                                     self.work_dir / EMBEDDING_CACHE)  # fmt: skip
         return store, as_of
+
+    def settle_config(self, cutoff_given: bool) -> None:
+        """Replace the config's "auto" choices: history "before" when fitted up to a cutoff time, else
+        "all_but_target"; history dropout 0.5 with "all_but_target", 0 with "before"."""
+        if self.config.history == "auto":
+            self.config = replace(self.config, history="before" if cutoff_given else "all_but_target")
+        if self.config.history_dropout < 0:
+            self.config = replace(self.config, history_dropout=0.5 if self.config.history == "all_but_target" else 0.0)
 
     def fit_ranker(self, train: pd.DataFrame, catalog: pd.DataFrame) -> "TwoTowerRecommender":
         """The ranker on the label window (see the module docstring); needs its own two-tower trained before it."""
@@ -154,7 +160,7 @@ class TwoTowerRecommender:
 
     def early_retrieval(self, train: pd.DataFrame, catalog: pd.DataFrame) -> tuple[Retrieval, pd.DataFrame]:
         """(a two-tower fitted on the events before the label window, the window's events)."""
-        earlier, labels, cut = self._label_window(_by_time(train))
+        earlier, labels, cut = self._label_window(by_time(train))
         cache = self.work_dir / EMBEDDING_CACHE
         early_store, _ = store_for_events(earlier, catalog, self.work_dir / "before_labels", cut, cache)
         return fit_retrieval(early_store, earlier, cut, self.config, self.device, self.progress), labels
@@ -183,10 +189,11 @@ class TwoTowerRecommender:
 
     def score(self, users, items, target: str = "all") -> np.ndarray:
         users, items = np.asarray(users, dtype=object), np.asarray(items, dtype=object)
-        scores = self.retrieval.users(users) @ self._item_vectors(items).T
+        vectors = self._item_vectors(items)
+        scores = self.retrieval.users(users) @ vectors.T
         if self.ranker is None:
             return scores.astype(np.float32)
-        return self.ranker.rerank(self.retrieval, users, items, scores, target)
+        return self.ranker.rerank(self.retrieval, users, items, vectors, scores, target)
 
 
 @dataclass
@@ -202,9 +209,10 @@ class FittedRanker:
             x = torch.as_tensor((features - self.mean) / self.std, dtype=torch.float32)
             return torch.sigmoid(self.model.cpu()(x)).numpy()
 
-    def rerank(self, retrieval: Retrieval, users, items, scores: np.ndarray, target: str) -> np.ndarray:
-        """Candidates (top retrieval + own past items) get 10 + P(event); the rest keep retrieval order below."""
-        frame, features = candidate_features(retrieval, users, items, scores, self.config.candidates)
+    def rerank(self, retrieval: Retrieval, users, items, vectors, scores: np.ndarray, target: str) -> np.ndarray:
+        """Candidates (top retrieval + own past items) get 10 + P(event); the rest keep retrieval order below.
+        vectors are the items' two-tower vectors, scores the users' retrieval scores against them."""
+        frame, features = candidate_features(retrieval, users, items, vectors, scores, self.config.candidates)
         probabilities = self.probabilities(features)
         head = Ranker.TASKS.index("purchase" if target == "buy" else "interact")
         out = scores.astype(np.float32) - 100.0
@@ -212,9 +220,10 @@ class FittedRanker:
         return out
 
 
-def candidate_features(retrieval: Retrieval, users, items, scores: np.ndarray, n: int):
+def candidate_features(retrieval: Retrieval, users, items, vectors: np.ndarray, scores: np.ndarray, n: int):
     """(candidates, their RANKER_FEATURES): per user the n best items by retrieval score and every item of their
-    own history (as positions into users and items), read through ranker_v1 as of the retrieval's time."""
+    own history (as positions into users and items), read through ranker_v1 as of the retrieval's time. vectors
+    are the items' two-tower vectors (already computed for the scores, so not embedded again)."""
     history = user_features(retrieval.store, users, [retrieval.as_of] * len(users), RANKER_SERVICE)
     past = _history_frame(history)
     n = min(n, scores.shape[1])
@@ -229,17 +238,21 @@ def candidate_features(retrieval: Retrieval, users, items, scores: np.ndarray, n
     np.put_along_axis(ranks, np.argsort(-scores, axis=1), np.arange(scores.shape[1])[None, :], axis=1)
     frame["retrieval_rank"] = ranks[frame["user"], frame["item"]]
     frame["item_id"] = items[frame["item"].to_numpy()]
-    frame["history_max_similarity"], frame["history_mean_similarity"] = _history_similarity(retrieval, past, frame)
+    similarity = _history_similarity(retrieval, items, vectors, past, frame)
+    frame["history_max_similarity"], frame["history_mean_similarity"] = similarity
     return frame, _ranker_features(retrieval.store, retrieval.as_of, history, past, frame)
 
 
-def _history_similarity(retrieval: Retrieval, past: pd.DataFrame, frame: pd.DataFrame):
+def _history_similarity(retrieval: Retrieval, items, vectors: np.ndarray, past: pd.DataFrame, frame: pd.DataFrame):
     """(max, mean) cosine between each candidate's item vector and those of the user's past items (0 without a
-    past): the item-to-item view of the same model, which the user vector's single summary can blur."""
-    ids = pd.Index(pd.unique(np.concatenate([frame["item_id"].to_numpy(object), past["item_id"].to_numpy(object)])))
-    vectors = retrieval.items(ids.to_numpy(object)) if len(ids) else np.zeros((0, 1), np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9
-    candidate_rows, past_rows = ids.get_indexer(frame["item_id"]), ids.get_indexer(past["item_id"])
+    past): the item-to-item view of the same model, which the user vector's single summary can blur. Only past
+    items outside `items` are embedded here."""
+    missing = pd.Index(pd.unique(past["item_id"].to_numpy(object))).difference(pd.Index(items))
+    ids = pd.Index(np.concatenate([np.asarray(items, dtype=object), missing.to_numpy(object)]))
+    if len(missing):
+        vectors = np.concatenate([vectors, retrieval.items(missing.to_numpy(object))])
+    vectors = vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9)
+    candidate_rows, past_rows = frame["item"].to_numpy(), ids.get_indexer(past["item_id"])
     highest, mean = np.zeros(len(frame)), np.zeros(len(frame))
     past_by_user = past.groupby("user").indices
     for user, rows in frame.groupby("user").indices.items():
@@ -324,8 +337,10 @@ def ranker_examples(early: Retrieval, labels: pd.DataFrame, config: RankerConfig
     if len(users) == 0:
         raise ValueError("the label window has no user with a past: nothing to learn a ranker from")
     items = early.trained_ids
-    scores = early.users(users) @ early.items(items).T
-    frame, features = candidate_features(early, users, items, scores, config.candidates)
+    vectors = early.items(items)
+    frame, features = candidate_features(
+        early, users, items, vectors, early.users(users) @ vectors.T, config.candidates
+    )
     user_position = pd.Series(np.arange(len(users)), index=pd.Index(users))
     labelled = labels.assign(user=user_position.reindex(labels["user_id"]).to_numpy()).dropna(subset=["user"])
     labelled["user"] = labelled["user"].astype(np.int64)

@@ -55,7 +55,7 @@ class TrainReport:
     valid_recall_at_20: list[float] = field(default_factory=list)
     best_valid_recall_at_20: float = 0.0
     calibration_error: dict[str, float] = field(default_factory=dict)  # ranker: expected calibration error per
-    #                                                                     head on held-out rows (0 = calibrated)
+    #                                                                     head on its training rows (0 = calibrated)
 
     def end_epoch(self, loss_sum: float, examples: int, started: float) -> None:
         self.epoch_seconds.append(time.perf_counter() - started)
@@ -202,14 +202,13 @@ def user_vectors(model: TwoTower, users: UserInputs, device="auto", batch_size=8
 def _valid_recall(model: TwoTower, data: RetrievalExamples, valid_idx, device, config) -> float:
     model.eval()
     items = torch.as_tensor(item_vectors(model, data.items, device), device=device)
-    user_tensors = data.users.tensors(device=device)
+    user_tensors, item_tensors = data.users.tensors(device=device), data.items.tensors(device=device)
     rows = torch.as_tensor(data.user_rows[valid_idx], device=device)
     targets = torch.as_tensor(data.item_rows[valid_idx], device=device)
-    users = model.user_tower(*_user_batch(user_tensors, rows, targets, data.items.tensors(device=device), config))
-    scores = users.float() @ items.T
+    inputs = _user_batch(user_tensors, rows, targets, item_tensors, config)
+    scores = model.user_tower(*inputs).float() @ items.T
     if config.history == "all_but_target":  # as evaluation does: the user's other (known) items are not candidates
-        buckets = data.items.tensors(device=device)[0]
-        history = _user_batch(user_tensors, rows, targets, data.items.tensors(device=device), config)[0]
+        buckets, history = item_tensors[0], inputs[0]
         for start in range(0, len(history), 256):
             seen = (history[start : start + 256, :, None] == buckets[None, None, :]).any(1)
             scores[start : start + 256] = scores[start : start + 256].masked_fill(seen, float("-inf"))
@@ -240,7 +239,8 @@ def train_ranker(data: RankerExamples, config: RankerConfig, device="auto", prog
     # one Adam step at a time would use most of training and leave the probabilities too high.
     with torch.no_grad():
         rates = (data.labels * data.known).sum(0) / np.maximum(data.known.sum(0), 1)
-        model.heads.bias.copy_(torch.as_tensor(np.log(np.clip(rates, 1e-4, 1 - 1e-4) / np.clip(1 - rates, 1e-4, 1))))
+        rates = np.clip(rates, 1e-4, 1 - 1e-4)
+        model.heads.bias.copy_(torch.as_tensor(np.log(rates / (1 - rates))))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     weights = torch.as_tensor([config.task_weights[t] for t in Ranker.TASKS], dtype=torch.float32, device=device)
     features, labels, known = (torch.as_tensor(a, device=device) for a in (data.features, data.labels, data.known))
