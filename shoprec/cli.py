@@ -219,7 +219,9 @@ def models() -> None:
                                                      if k.split("@")[0] in ("recall", "ndcg", "hit")))  # fmt: skip
         if (folder / "decision.json").exists():
             decision = read_json(folder / "decision.json")
-            typer.echo(("promoted: " if decision["promote"] else "kept the champion: ") + "; ".join(decision["reasons"]))
+            typer.echo(
+                ("promoted: " if decision["promote"] else "kept the champion: ") + "; ".join(decision["reasons"])
+            )
     else:
         typer.echo("no retraining run yet")
     typer.echo(f"champion: {champion(settings) or 'none'}")

@@ -1,6 +1,7 @@
 """A trained recommender as a folder that describes itself: weights, model configs, the id maps and hashing
-scheme, the feature services (name and version) it reads, its data window and metrics. Serving rebuilds both
-models from this folder alone, given a feature store to read features from."""
+scheme, the item-to-item weights the ranker reads, the feature services (name and version) it reads, its data
+window and metrics. Serving rebuilds both models from this folder alone, given a feature store to read features
+from."""
 
 import hashlib
 import json
@@ -12,11 +13,12 @@ import torch
 
 from training.config import RankerConfig, TwoTowerConfig
 from training.examples import RANKER_SERVICE, TWO_TOWER_SERVICE
+from training.item_similarity import ItemSimilarity
 from training.models import Ranker, TwoTower
 from training.pipeline import RANKER_FEATURES, FittedRanker, Retrieval, TwoTowerRecommender
 from training.train import TrainReport
 
-FORMAT = 1
+FORMAT = 2  # 2: item_similarity.npz
 SERVICES = (TWO_TOWER_SERVICE, RANKER_SERVICE)
 HASHING = "bucket = pandas.util.hash_array(id) % (buckets - 1) + 1 (SipHash, pandas' fixed key); 0 = none"
 
@@ -34,6 +36,7 @@ def save(recommender, directory: Path, metadata: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     retrieval = recommender.retrieval
     torch.save(retrieval.model.state_dict(), directory / "two_tower.pt")
+    retrieval.similarity.save(directory / "item_similarity.npz")
     description = {
         "format": FORMAT,
         "hashing": HASHING,
@@ -66,6 +69,9 @@ def load(directory: Path, store, as_of=None):
     """A TwoTowerRecommender from a saved folder, reading features from `store` as of as_of (default: the time it
     was trained up to). Refuses a store whose feature services differ from the ones the model was trained on."""
     description = describe(directory)
+    if description.get("format") != FORMAT:
+        raise ValueError(f"artefact format {description.get('format')} is not {FORMAT}, which this code reads: "
+                         "retrain it")  # fmt: skip
     for name, version in description["feature_services"].items():
         if service_version(store, name) != version:
             raise ValueError(f"feature service {name} changed since training (model {version}, store "
@@ -77,7 +83,8 @@ def load(directory: Path, store, as_of=None):
     report = TrainReport(**description["two_tower_report"])
     recommender = TwoTowerRecommender(two_tower=config, progress=False)
     trained = np.asarray(description["trained_item_ids"], dtype=object)
-    recommender.retrieval = Retrieval(model.eval(), store, as_of, trained, report)
+    similarity = ItemSimilarity.load(directory / "item_similarity.npz")
+    recommender.retrieval = Retrieval(model.eval(), store, as_of, trained, report, similarity)
     if "ranker" in description:
         if description["ranker"].get("features") != list(RANKER_FEATURES):
             raise ValueError("the ranker was trained on other features than this code computes: retrain it")

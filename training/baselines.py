@@ -259,6 +259,17 @@ class EASE(MatrixRecommender):
             quadratic = np.asarray(matrix.multiply(self.projected).sum(axis=0)).ravel()  # x_j^T M x_j
             self.p_diagonal = (1.0 - quadratic) / self.lam
 
+    def weight_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Dense rows of B (over self.columns, positions into them): B[j, i] = -P[j, i] / P[i, i], B[i, i] = 0."""
+        if self.mode == "items":
+            return self.weights[rows]
+        # P is symmetric, so its rows are columns: P[rows] = (I[rows] - X[:, rows]^T M X) / lam.
+        p_rows = -np.asarray(self.matrix[:, rows].T @ self.projected) / self.lam
+        p_rows[np.arange(len(rows)), rows] += 1.0 / self.lam
+        weights = -p_rows / self.p_diagonal[None, :]
+        weights[np.arange(len(rows)), rows] = 0.0
+        return weights
+
     def _score(self, rows: np.ndarray) -> np.ndarray:
         history = self.data.history(rows)[:, self.columns]
         if self.mode == "items":

@@ -264,9 +264,10 @@ def train_ranker(data: RankerExamples, config: RankerConfig, device="auto", prog
         probabilities = torch.cat([torch.sigmoid(model(features[s : s + 65536]).float())
                                    for s in range(0, len(features), 65536)]).cpu().numpy()  # fmt: skip
     for column, task in enumerate(Ranker.TASKS):
-        if len(features) and data.known[:, column].all():
+        rows = data.known[:, column] > 0  # a head is calibrated on the rows it learns from
+        if rows.any():
             report.calibration_error[task] = expected_calibration_error(
-                probabilities[:, column], data.labels[:, column]
+                probabilities[rows, column], data.labels[rows, column]
             )
     return model, report
 
