@@ -37,8 +37,7 @@ class ItemSimilarity:
             rows.append(np.repeat(ids, keep))
             cols.append(top.ravel())
             values.append(np.take_along_axis(dense, top, axis=1).ravel())
-        values = np.concatenate(values) if values else np.zeros(0, np.float32)
-        weights = sp.csr_matrix((values, (np.concatenate(rows or [[]]), np.concatenate(cols or [[]]))),
+        weights = sp.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
                                 shape=(n, n), dtype=np.float32)  # fmt: skip
         weights.eliminate_zeros()
         return cls(ease.data.items[ease.columns], weights)

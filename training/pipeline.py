@@ -362,12 +362,13 @@ def ranker_examples(early: Retrieval, labels: pd.DataFrame, config: RankerConfig
     label_columns, known_columns = [], []
     for task in Ranker.TASKS:
         kinds = {"interact": present, "add_to_cart": {"add_to_cart"}, "purchase": {"purchase"}}[task]
-        hits = labelled[labelled["event_type"].isin(kinds)][["user", "item_id"]].drop_duplicates().assign(hit=1.0)
+        taken = labelled[labelled["event_type"].isin(kinds)]
+        hits = taken[["user", "item_id"]].drop_duplicates().assign(hit=1.0)
         hit = frame[["user", "item_id"]].merge(hits, on=["user", "item_id"], how="left")["hit"].fillna(0.0)
         label_columns.append(hit.to_numpy(np.float32))
-        doers = labelled.loc[labelled["event_type"].isin(kinds), "user"].unique()
-        known_columns.append(frame["user"].isin(doers).to_numpy(np.float32) if task != "interact"
-                             else np.full(len(frame), float(bool(kinds & present)), np.float32))  # fmt: skip
+        # Known for the users who did this kind of event in the window: every user for interact, none for a
+        # kind the dataset lacks.
+        known_columns.append(frame["user"].isin(taken["user"].unique()).to_numpy(np.float32))
     mean, std = features.mean(0), features.std(0) + 1e-6
     examples = RankerExamples((features - mean) / std, np.stack(label_columns, 1), np.stack(known_columns, 1))
     return examples, mean, std
