@@ -22,7 +22,9 @@ from features.text_embeddings import embed_catalog
 LONG_WINDOW = 30  # days: purchases_30d, distinct_items_30d, and who gets a snapshot at all
 SHORT_WINDOW = 7  # days: views_7d, add_to_carts_7d
 RECENT_ITEMS = 20
-HISTORY_LENGTH = 100  # events per user_history row: what the models read as the user's own past
+HISTORY_LENGTH = 500  # events per user_history row: the user's own past. The two-tower reads the latest 100; the
+#                      ranker counts repeats over all of them (at 100, Taobao's heavy users lost the counts that
+#                      order their history: repurchase on the last 100 events gives recall@20 0.229 against 0.272)
 CONVERSION_PSEUDO_VIEWS = 10.0
 DAY_NS = 86_400 * 10**9
 EVENT_COLUMNS = ["user_id", "item_id", "event_type", "event_timestamp"]

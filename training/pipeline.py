@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from features.build import HISTORY_LENGTH
 from features.training_sets import entity_features
 from training.config import RankerConfig, TwoTowerConfig, preset
 from training.examples import (
@@ -120,11 +121,15 @@ class TwoTowerRecommender:
 
     def __init__(self, name="two_tower", preset_name="full", with_ranker=False, work_dir: Path | None = None,
                  device="auto", progress=True, two_tower: TwoTowerConfig | None = None,
-                 ranker: RankerConfig | None = None, **overrides):  # fmt: skip
+                 ranker: RankerConfig | None = None, candidates: int | None = None, **overrides):  # fmt: skip
+        """candidates: the ranker's candidate count per user (None: the ranker config's); **overrides: of the
+        preset's two-tower config."""
         default_two_tower, default_ranker = preset(preset_name, **overrides)
         self.name, self.with_ranker, self.device, self.progress = name, with_ranker, device, progress
         self.config = two_tower or default_two_tower
         self.ranker_config = ranker or default_ranker
+        if candidates is not None:
+            self.ranker_config = replace(self.ranker_config, candidates=candidates)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="shoprec-fit-"))
         self.ranker = None
 
@@ -171,10 +176,13 @@ class TwoTowerRecommender:
         early_store, _ = store_for_events(earlier, catalog, self.work_dir / "before_labels", cut, cache)
         return fit_retrieval(early_store, earlier, cut, self.config, self.device, self.progress), labels
 
-    def plus_ranker(self, train: pd.DataFrame, catalog: pd.DataFrame, name: str) -> "TwoTowerRecommender":
+    def plus_ranker(self, train: pd.DataFrame, catalog: pd.DataFrame, name: str,
+                    candidates: int | None = None) -> "TwoTowerRecommender":  # fmt: skip
         """A copy sharing this fitted two-tower, with a ranker fitted on top (what fit() would give with_ranker)."""
         combined = copy.copy(self)
         combined.name = name
+        if candidates is not None:
+            combined.ranker_config = replace(self.ranker_config, candidates=candidates)
         return combined.fit_ranker(train, catalog)
 
     def _item_vectors(self, items: np.ndarray) -> np.ndarray:
@@ -313,7 +321,7 @@ def _ranker_features(store, as_of: pd.Timestamp, history: pd.DataFrame, past: pd
         "history_purchases": np.log1p(own["purchases"].fillna(0).to_numpy(np.float64)),
         "log_age_since_user_item": np.log1p(np.clip(now_s - own["last"].fillna(now_s - RECENCY_CAP_S).to_numpy(
             np.float64), 0, RECENCY_CAP_S)),
-        "log_history_position": np.log1p(own["first_position"].fillna(200).to_numpy(np.float64)),
+        "log_history_position": np.log1p(own["first_position"].fillna(HISTORY_LENGTH).to_numpy(np.float64)),
         "user_views_7d": np.log1p(number(user_numbers, "user_activity__views_7d")),
         "user_add_to_carts_7d": np.log1p(number(user_numbers, "user_activity__add_to_carts_7d")),
         "user_purchases_30d": np.log1p(number(user_numbers, "user_activity__purchases_30d")),

@@ -53,7 +53,7 @@ user_history = FeatureView(
         Field(
             name="history_items",
             dtype=Array(String),
-            description="The user's last 100 events before t, newest first: their item ids (repeats kept).",
+            description="The user's last 500 events before t, newest first: their item ids (repeats kept).",
         ),
         Field(
             name="history_types",

@@ -1,5 +1,6 @@
 """The two-tower and the ranker, tiny preset, on a shop with taste: the loss falls, users' held-out items rank in
-the top 20, a brand-new item is found from its title and category alone, and the ranker's heads are probabilities."""
+the top 20, a brand-new item is found from its title and category alone, the ranker's heads are probabilities, and
+its candidate count is obeyed and tuned on a validation split."""
 
 import pickle
 import subprocess
@@ -12,7 +13,9 @@ import pandas as pd
 import pytest
 
 from tests.training.conftest import tasteful_shop
+from training import protocols
 from training.config import RankerConfig
+from training.evaluate import RankedTwoTower
 from training.pipeline import TwoTowerRecommender, retrieval_examples
 from training.train import RankerExamples, expected_calibration_error, train_ranker
 
@@ -102,3 +105,26 @@ def test_examples_built_with_feast_train_where_feast_is_absent(tmp_path):
     assert done.returncode == 0, done.stderr
     loss, feast_loaded = done.stdout.split()
     assert np.isfinite(float(loss)) and feast_loaded == "False"
+
+
+def test_the_ranker_reorders_its_candidate_count_of_retrieved_items_plus_the_users_own(fitted):
+    model, train, last, catalog = fitted
+    narrow = model.plus_ranker(train, catalog, "narrow", candidates=5)
+    assert narrow.retrieval is model.retrieval and model.ranker_config.candidates == 30, "the original is untouched"
+    users, items = last["user_id"].to_numpy()[:8], np.sort(train["item_id"].unique())
+    reranked = (narrow.score(users, items, "all") >= 10.0).sum(1)
+    own = train[train["user_id"].isin(users)].groupby("user_id")["item_id"].nunique().reindex(users).to_numpy()
+    assert (reranked >= 5).all() and (reranked <= 5 + own).all()
+
+
+def test_the_candidate_count_is_tuned_on_the_validation_split(monkeypatch, tmp_path):
+    events, catalog = tasteful_shop()
+    monkeypatch.setattr(protocols, "load_interactions", lambda dataset, data_dir: (events, catalog))
+    split = protocols.make_split("toy", "temporal", None)
+    factory = RankedTwoTower(preset_name="tiny", work_dir=tmp_path, progress=False)
+    params, table = factory.tune({"candidates": [5, 40]}, split, "all")
+    assert table["candidates"].tolist() == [5, 40]
+    assert table[["recall@20", "ndcg@20"]].apply(lambda column: column.between(0, 1)).all().all()
+    best = table.sort_values(["recall@20", "ndcg@20"], ascending=False, kind="stable").iloc[0]
+    assert params == {"candidates": best["candidates"]}
+    assert table["recall@20"].max() > 0, "the tiny model finds something on the validation split"
