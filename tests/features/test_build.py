@@ -5,6 +5,7 @@ import hashlib
 import pandas as pd
 import pytest
 
+from features import build as build_module
 from features.build import build, build_pending
 from tests.features.conftest import brute_force, write_lake
 
@@ -33,15 +34,17 @@ def test_snapshots_match_the_definitions(layout, shop):
         assert row.first_seen_age_s >= 0
 
 
-def test_user_history_is_the_users_past_before_each_active_day(layout, shop):
+def test_user_history_is_the_users_past_before_each_active_day(layout, shop, monkeypatch):
+    monkeypatch.setattr(build_module, "HISTORY_LENGTH", 50)  # shorter than some users' past, so the cut is tested
     build(layout)
     history = pd.read_parquet(layout.features / "user_history")
     active_days = shop.assign(day=shop["event_timestamp"].dt.normalize()).drop_duplicates(["user_id", "day"])
     assert len(history) == len(active_days), "one row per user and day the user was active"
+    assert history["history_items"].map(len).max() == 50, "the longest pasts are cut to HISTORY_LENGTH"
     types = {"view": 0, "add_to_cart": 1, "purchase": 2}
     for row in history.sample(40, random_state=3).itertuples():
         mine = shop[(shop["user_id"] == row.user_id) & (shop["event_timestamp"] < row.event_timestamp)]
-        mine = mine.sort_values("event_timestamp", kind="stable").iloc[::-1][:100]
+        mine = mine.sort_values("event_timestamp", kind="stable").iloc[::-1][:50]
         assert list(row.history_items) == list(mine["item_id"])
         assert list(row.history_types) == [types[t] for t in mine["event_type"]]
         assert list(row.history_times) == list(mine["event_timestamp"].astype("int64") // 10**9)
