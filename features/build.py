@@ -191,17 +191,18 @@ def _last_events(codes: _Codes, rows: pd.DataFrame, length: int) -> tuple[np.nda
     flattened, with list offsets.
 
     Events are sorted by (entity, time), so the events before a stamp are a slice ending where a binary search on
-    the (entity, day) key lands; a fixed-width gather then reads up to `length` of them backwards.
+    the (entity, day) key lands; a ragged gather then reads up to `length` of them backwards (memory in proportion
+    to what is read, not rows x length: most users' pasts are far shorter than user_history's 500).
     """
     span = np.int64(codes.day.max() + 2 if len(codes.day) else 1)
     keys = codes.entity * span + codes.day
     entity = rows["entity"].to_numpy(np.int64)
     end = np.searchsorted(keys, entity * span + rows["snapshot"].to_numpy(np.int64), side="right")
     start = np.searchsorted(keys, entity * span, side="left")
-    back = end[:, None] - 1 - np.arange(length)[None, :]
-    valid = back >= start[:, None]
-    offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
-    return back[valid], pa.array(offsets)
+    sizes = np.minimum(end - start, length)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    steps_back = np.arange(offsets[-1]) - np.repeat(offsets[:-1], sizes)
+    return np.repeat(end - 1, sizes) - steps_back, pa.array(offsets)
 
 
 def user_history(events: pd.DataFrame, snapshot_days: np.ndarray) -> pd.DataFrame:
