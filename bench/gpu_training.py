@@ -51,10 +51,10 @@ def export(out_dir: Path) -> None:
             full = TwoTowerRecommender(preset_name="full", work_dir=Path(work) / "full")
             store, as_of = full.feature_store(split.train, split.catalog, split.cutoff)
             retrieval, config, _ = retrieval_examples(store, by_time(split.train), as_of, full.config)
-            # The ranker's rows: a tiny two-tower before the label window supplies the candidates.
+            # The ranker's rows: a tiny two-tower before the label windows supplies the candidates.
             tiny = TwoTowerRecommender(preset_name="tiny", work_dir=Path(work) / "tiny", progress=False)
             tiny.settle_config(cutoff_given=True)
-            ranker, _, _ = ranker_examples(*tiny.early_retrieval(split.train, split.catalog), full.ranker_config)
+            ranker, _, _ = ranker_examples(tiny.label_windows(split.train, split.catalog), full.ranker_config)
         retrieval.items.texts = retrieval.items.texts.astype(np.float16)  # half the bytes to carry
         path = out_dir / f"{dataset}.pkl.gz"
         with gzip.open(path, "wb", compresslevel=6) as f:

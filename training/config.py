@@ -45,7 +45,11 @@ class RankerConfig:
     epochs: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-5
-    label_share: float = 0.1  # the latest share of train events that labels the ranker's candidates
+    label_share: float = 0.1  # share of train events in each label window (the ranker's labels)
+    label_windows: int = 3  # label windows stacked back in time, newest first, so the purchase head sees three
+    #                         times the purchases (Taobao: 235 in the newest window, 629 in three; 'buy' recall@20
+    #                         0.248 -> 0.265, NDCG@20 0.132 -> 0.149, mean of 5 ranker seeds); without time order
+    #                         (msr-stratified) there is one random window
     seed: int = 0
 
     def to_dict(self) -> dict:

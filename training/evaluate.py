@@ -183,11 +183,11 @@ class RankedTwoTower:
         if goal is None:  # nothing to tune on: the grid's first point, as tune() gives
             return _best(grid, [{**params, "recall@20": 0.0, "ndcg@20": 0.0} for params in grid_points(grid)])
         model = self().fit_retrieval(validation.train, validation.catalog, validation.cutoff)
-        early, labels = model.early_retrieval(validation.train, validation.catalog)
+        windows = model.label_windows(validation.train, validation.catalog)
         rows = []
         for params in tqdm(grid_points(grid), desc=f"tune {self.name}", leave=False):
             config = replace(model.ranker_config, **params)
-            model.ranker = fit_ranker(early, labels, config, model.device, model.progress)
+            model.ranker = fit_ranker(windows, config, model.device, model.progress)
             metrics = evaluate_target(model, validation, goal, ks=(20,))
             rows.append({**params, "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"]})
         return _best(grid, rows)

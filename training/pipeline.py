@@ -3,9 +3,10 @@
 `TwoTowerRecommender` is what the retrain DAG trains and what evaluation measures on the benchmark protocols: it
 builds its features with the production feature code from the events it is given (train events only), trains,
 and scores (users x items) through the same feature services serving reads.
-The ranker learns from a label window: the two-tower is trained on train events before the window, its candidates
-for each user (plus the user's own past items) are labelled by the window's events, and the ranker learns which
-of them the user took. At scoring time the two-tower trained on all train events retrieves and the ranker reorders.
+The ranker learns from label windows at the end of train: a two-tower trained on the events before the oldest
+window retrieves candidates for each window's users (plus their own past items), reading their features as of the
+window's start, the window's events label them, and the ranker learns which of them the user took. At scoring time
+the two-tower trained on all train events retrieves and the ranker reorders.
 Beside the two-tower, each retrieval holds EASE^R item-to-item weights fitted on the same events: the ranker reads
 them as one more view of the candidate (training/item_similarity.py).
 """
@@ -163,18 +164,27 @@ class TwoTowerRecommender:
             self.config = replace(self.config, history_dropout=0.5 if self.config.history == "all_but_target" else 0.0)
 
     def fit_ranker(self, train: pd.DataFrame, catalog: pd.DataFrame) -> "TwoTowerRecommender":
-        """The ranker on the label window (see the module docstring); needs its own two-tower trained before it."""
-        early, labels = self.early_retrieval(train, catalog)
-        self.ranker = fit_ranker(early, labels, self.ranker_config, self.device, self.progress)
+        """The ranker on the label windows (see the module docstring); needs its own two-tower trained before them."""
+        windows = self.label_windows(train, catalog)
+        self.ranker = fit_ranker(windows, self.ranker_config, self.device, self.progress)
         self.with_ranker = True
         return self
 
-    def early_retrieval(self, train: pd.DataFrame, catalog: pd.DataFrame) -> tuple[Retrieval, pd.DataFrame]:
-        """(a two-tower fitted on the events before the label window, the window's events)."""
-        earlier, labels, cut = self._label_window(by_time(train))
+    def label_windows(self, train: pd.DataFrame, catalog: pd.DataFrame) -> list["LabelWindow"]:
+        """The ranker's label windows, newest first, each read through a store of the events before it; one
+        two-tower, fitted on the events before the oldest, scores them all."""
         cache = self.work_dir / EMBEDDING_CACHE
-        early_store, _ = store_for_events(earlier, catalog, self.work_dir / "before_labels", cut, cache)
-        return fit_retrieval(early_store, earlier, cut, self.config, self.device, self.progress), labels
+        windows = []
+        for number, (earlier, labels, cut) in enumerate(self._label_splits(by_time(train))):
+            store, _ = store_for_events(earlier, catalog, self.work_dir / f"before_labels_{number}", cut, cache)
+            windows.append((earlier, labels, cut, store))
+        *newer, (earlier, _, cut, store) = windows
+        early = fit_retrieval(store, earlier, cut, self.config, self.device, self.progress)
+        # The newer windows read the same model through their own past: its features, its item-to-item weights.
+        retrievals = [replace(early, store=store, as_of=cut, similarity=ItemSimilarity.fit(earlier))
+                      for earlier, _, cut, store in newer] + [early]  # fmt: skip
+        return [LabelWindow(retrieval, np.sort(earlier["item_id"].unique()), labels)
+                for retrieval, (earlier, labels, _, _) in zip(retrievals, windows, strict=True)]  # fmt: skip
 
     def plus_ranker(self, train: pd.DataFrame, catalog: pd.DataFrame, name: str,
                     candidates: int | None = None) -> "TwoTowerRecommender":  # fmt: skip
@@ -192,14 +202,20 @@ class TwoTowerRecommender:
             self._items_key, self._items = key, self.retrieval.items(items)
         return self._items
 
-    def _label_window(self, train: pd.DataFrame):
-        """(events before the window, the window's events, the window's start midnight)."""
-        if self.config.history == "before":
-            cut = train["event_timestamp"].iloc[int(len(train) * (1 - self.ranker_config.label_share))].floor("D")
-            return train[train["event_timestamp"] < cut], train[train["event_timestamp"] >= cut], cut
-        # No time order (msr-stratified): a random share of events labels, the rest are the past.
-        pick = np.random.default_rng(self.ranker_config.seed).random(len(train)) < self.ranker_config.label_share
-        return train[~pick], train[pick], pd.to_datetime(train["event_timestamp"], utc=True).max().ceil("D")
+    def _label_splits(self, train: pd.DataFrame) -> list[tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]]:
+        """(events before the window, the window's events, the window's start midnight) per label window, newest
+        first. Windows start at midnights label_share of the events apart; one that would leave no past is dropped."""
+        config, stamps = self.ranker_config, train["event_timestamp"]
+        if self.config.history != "before":
+            # No time order (msr-stratified): a random share of events labels, the rest are the past.
+            pick = np.random.default_rng(config.seed).random(len(train)) < config.label_share
+            return [(train[~pick], train[pick], pd.to_datetime(stamps, utc=True).max().ceil("D"))]
+        positions = [int(len(train) * (1 - config.label_share * k)) for k in range(1, config.label_windows + 1)]
+        cuts = sorted({stamps.iloc[p].floor("D") for p in positions if p > 0}, reverse=True)
+        cuts = [cut for cut in cuts if (stamps < cut).any()] or cuts[:1]
+        ends = [pd.Timestamp.max.tz_localize("UTC"), *cuts[:-1]]
+        return [(train[stamps < cut], train[(stamps >= cut) & (stamps < end)], cut)
+                for cut, end in zip(cuts, ends, strict=True)]  # fmt: skip
 
     def score(self, users, items, target: str = "all") -> np.ndarray:
         users, items = np.asarray(users, dtype=object), np.asarray(items, dtype=object)
@@ -208,6 +224,16 @@ class TwoTowerRecommender:
         if self.ranker is None:
             return scores.astype(np.float32)
         return self.ranker.rerank(self.retrieval, users, items, vectors, scores, target)
+
+
+@dataclass
+class LabelWindow:
+    """Train events that label the ranker's candidates, and what finds those candidates: a two-tower read through
+    the features of the events before the window, as of its start, over the items seen before it."""
+
+    retrieval: Retrieval
+    items: np.ndarray
+    labels: pd.DataFrame
 
 
 @dataclass
@@ -340,28 +366,36 @@ def _ranker_features(store, as_of: pd.Timestamp, history: pd.DataFrame, past: pd
     return np.stack([columns[name] for name in RANKER_FEATURES], axis=1).astype(np.float32)
 
 
-def fit_ranker(early: Retrieval, labels: pd.DataFrame, config: RankerConfig, device="auto", progress=True):
-    """Candidates of the users the label window saw, labelled by what they did in it; then multi-task BCE."""
-    examples, mean, std = ranker_examples(early, labels, config)
+def fit_ranker(windows: list[LabelWindow], config: RankerConfig, device="auto", progress=True):
+    """Candidates of the users each label window saw, labelled by what they did in it; then multi-task BCE."""
+    examples, mean, std = ranker_examples(windows, config)
     model, report = train_ranker(examples, config, device=device, progress=progress)
     return FittedRanker(model.cpu(), mean, std, config, report)
 
 
-def ranker_examples(early: Retrieval, labels: pd.DataFrame, config: RankerConfig):
-    """(RankerExamples standardised, feature means, feature stds) from early's candidates and the label window.
+def ranker_examples(windows: list[LabelWindow], config: RankerConfig):
+    """(RankerExamples standardised, feature means, feature stds): every label window's candidates and labels.
 
     The interact head learns from every user the window saw. The add_to_cart and purchase heads learn only from
     the users who carted (bought) something in it: they answer "which of these will the user buy", given that
     they buy, as the 'buy' target asks. Over every user, a purchase head would spend its few positives (Taobao:
     235 purchases against 13k events) telling buyers from browsers; this way it ranks better (Taobao 'buy'
     recall@20 0.222 -> 0.231, ranker retrained three times on the same candidates)."""
+    if not any(len(window.labels) for window in windows):
+        raise ValueError("the label windows hold no event: nothing to learn a ranker from")
+    parts = [_window_examples(window, config) for window in windows if len(window.labels)]
+    features, labels, known = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    return RankerExamples((features - mean) / std, labels, known), mean, std
+
+
+def _window_examples(window: LabelWindow, config: RankerConfig):
+    """(features, labels, known) of one label window's candidates."""
+    labels, retrieval = window.labels, window.retrieval
     users = np.asarray(sorted(labels["user_id"].unique()), dtype=object)
-    if len(users) == 0:
-        raise ValueError("the label window has no user with a past: nothing to learn a ranker from")
-    items = early.trained_ids
-    vectors = early.items(items)
+    vectors = retrieval.items(window.items)
     frame, features = candidate_features(
-        early, users, items, vectors, early.users(users) @ vectors.T, config.candidates
+        retrieval, users, window.items, vectors, retrieval.users(users) @ vectors.T, config.candidates
     )
     user_position = pd.Series(np.arange(len(users)), index=pd.Index(users))
     labelled = labels.assign(user=user_position.reindex(labels["user_id"]).to_numpy()).dropna(subset=["user"])
@@ -377,6 +411,4 @@ def ranker_examples(early: Retrieval, labels: pd.DataFrame, config: RankerConfig
         # Known for the users who did this kind of event in the window: every user for interact, none for a
         # kind the dataset lacks.
         known_columns.append(frame["user"].isin(taken["user"].unique()).to_numpy(np.float32))
-    mean, std = features.mean(0), features.std(0) + 1e-6
-    examples = RankerExamples((features - mean) / std, np.stack(label_columns, 1), np.stack(known_columns, 1))
-    return examples, mean, std
+    return features, np.stack(label_columns, 1), np.stack(known_columns, 1)

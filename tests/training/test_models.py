@@ -128,3 +128,27 @@ def test_the_candidate_count_is_tuned_on_the_validation_split(monkeypatch, tmp_p
     best = table.sort_values(["recall@20", "ndcg@20"], ascending=False, kind="stable").iloc[0]
     assert params == {"candidates": best["candidates"]}
     assert table["recall@20"].max() > 0, "the tiny model finds something on the validation split"
+
+
+def test_label_windows_stack_back_in_time_each_read_as_of_its_start(tmp_path):
+    events, catalog = tasteful_shop()
+    model = TwoTowerRecommender(preset_name="tiny", work_dir=tmp_path, progress=False)
+    model.settle_config(cutoff_given=True)
+    windows = model.label_windows(events, catalog)
+    assert len(windows) == model.ranker_config.label_windows == 3
+    starts = [window.retrieval.as_of for window in windows]
+    assert starts == sorted(starts, reverse=True) and all(start == start.floor("D") for start in starts)
+    assert all(window.retrieval.model is windows[-1].retrieval.model for window in windows), "one two-tower"
+    ends = [events["event_timestamp"].max(), *starts[:-1]]
+    for window, start, end in zip(windows, starts, ends, strict=True):
+        stamps = window.labels["event_timestamp"]
+        assert (stamps >= start).all() and (stamps <= end).all() and (stamps < end).any()
+        before = events[events["event_timestamp"] < start]
+        assert list(window.items) == sorted(before["item_id"].unique()), "candidates: the items seen before it"
+        assert 0.03 < len(window.labels) / len(events) < 0.2  # about label_share each, cut at midnights
+    labelled = pd.concat([window.labels for window in windows])
+    assert labelled.index.is_unique and len(labelled) == (events["event_timestamp"] >= starts[-1]).sum()
+    # Without time order (msr-stratified) there is one window: a random share of train.
+    model.config = replace(model.config, history="all_but_target")
+    ((past, labels, _),) = model._label_splits(events)
+    assert len(past) + len(labels) == len(events) and 0.05 < len(labels) / len(events) < 0.15
