@@ -16,7 +16,7 @@ from tests.training.conftest import tasteful_shop
 from training import protocols
 from training.config import RankerConfig
 from training.evaluate import RankedTwoTower
-from training.pipeline import TwoTowerRecommender, retrieval_examples
+from training.pipeline import LabelWindow, TwoTowerRecommender, ranker_examples, retrieval_examples
 from training.train import RankerExamples, expected_calibration_error, train_ranker
 
 
@@ -152,3 +152,10 @@ def test_label_windows_stack_back_in_time_each_read_as_of_its_start(tmp_path):
     model.config = replace(model.config, history="all_but_target")
     ((past, labels, _),) = model._label_splits(events)
     assert len(past) + len(labels) == len(events) and 0.05 < len(labels) / len(events) < 0.15
+
+
+def test_label_windows_without_events_are_a_clear_error():
+    empty = tasteful_shop()[0].iloc[:0]
+    windows = [LabelWindow(retrieval=None, items=np.array([], dtype=object), labels=empty)] * 2
+    with pytest.raises(ValueError, match="hold no event"):
+        ranker_examples(windows, RankerConfig())
