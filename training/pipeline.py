@@ -211,8 +211,11 @@ class TwoTowerRecommender:
             pick = np.random.default_rng(config.seed).random(len(train)) < config.label_share
             return [(train[~pick], train[pick], pd.to_datetime(stamps, utc=True).max().ceil("D"))]
         positions = [int(len(train) * (1 - config.label_share * k)) for k in range(1, config.label_windows + 1)]
-        cuts = sorted({stamps.iloc[p].floor("D") for p in positions if p > 0}, reverse=True)
-        cuts = [cut for cut in cuts if (stamps < cut).any()] or cuts[:1]
+        cuts = {stamps.iloc[p].floor("D") for p in positions if p > 0}
+        cuts = sorted((cut for cut in cuts if (stamps < cut).any()), reverse=True)
+        if not cuts:
+            raise ValueError("train has no event before the midnight that starts its label window: no past to "
+                             "learn a ranker from")  # fmt: skip
         ends = [pd.Timestamp.max.tz_localize("UTC"), *cuts[:-1]]
         return [(train[stamps < cut], train[(stamps >= cut) & (stamps < end)], cut)
                 for cut, end in zip(cuts, ends, strict=True)]  # fmt: skip

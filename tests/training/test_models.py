@@ -159,3 +159,12 @@ def test_label_windows_without_events_are_a_clear_error():
     windows = [LabelWindow(retrieval=None, items=np.array([], dtype=object), labels=empty)] * 2
     with pytest.raises(ValueError, match="hold no event"):
         ranker_examples(windows, RankerConfig())
+
+
+def test_a_train_split_within_one_day_has_no_label_window_and_says_so(tmp_path):
+    events, _ = tasteful_shop()
+    events = events.assign(event_timestamp=pd.Timestamp("2024-03-01 12:00", tz="UTC"))
+    model = TwoTowerRecommender(preset_name="tiny", work_dir=tmp_path, progress=False)
+    model.settle_config(cutoff_given=True)
+    with pytest.raises(ValueError, match="no past to learn a ranker from"):
+        model._label_splits(events)
