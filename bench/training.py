@@ -74,18 +74,34 @@ def index_figures(vectors: np.ndarray, queries: np.ndarray, label: str) -> dict:
             "ms_per_query": {k: round(float(np.median(v)), 4) for k, v in timings.items()}}  # fmt: skip
 
 
+def save(report: dict) -> None:
+    """Writes the figures measured so far, keeping those of earlier runs that this run did not measure again: a
+    full run takes about an hour on two cores, so a run stopped half-way still leaves what it finished."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    measured = {row["catalog"] for row in report["index"]}
+    kept_index = [row for row in earlier.get("index", []) if row["catalog"] not in measured]
+    merged = {**earlier, **report, "datasets": {**earlier.get("datasets", {}), **report["datasets"]},
+              "index": kept_index + report["index"]}  # fmt: skip
+    RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
+
+
 def main() -> None:
-    """`python -m bench.training` (all of it) or `python -m bench.training index [VECTORS.npz ...]` (the index
-    figures only, on the synthetic catalog and on vectors saved by bench/gpu_training.py)."""
+    """`python -m bench.training [DATASET ...]` (the named datasets, all by default, then the synthetic index) or
+    `python -m bench.training index [VECTORS.npz ...]` (the index figures only, on the synthetic catalog and on
+    vectors saved by bench/gpu_training.py)."""
     import sys
 
     only_index = sys.argv[1:2] == ["index"]
-    saved_vectors = [Path(path) for path in sys.argv[2:]]  # <dataset>-vectors.npz from bench/gpu_training.py
+    saved_vectors = [Path(path) for path in sys.argv[2:]] if only_index else []  # from bench/gpu_training.py
+    datasets = () if only_index else tuple(sys.argv[1:]) or DATASETS
+    if unknown := set(datasets) - set(DATASETS):
+        raise SystemExit(f"unknown dataset(s) {sorted(unknown)}; choose from {DATASETS}")
     data_dir = get_settings().data_dir
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                          f"torch {torch.__version__}, {torch.get_num_threads()} threads",
               "device": "cuda" if torch.cuda.is_available() else "cpu", "datasets": {}, "index": [], "skipped": []}  # fmt: skip
-    for dataset in () if only_index else DATASETS:
+    for dataset in datasets:
         if dataset != "online_retail" and not data_dir.is_dir():
             report["skipped"].append(f"{dataset}: {data_dir} is absent")
             continue
@@ -95,6 +111,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         if vectors is not None:
             report["index"].append(index_figures(vectors, queries, "taobao items, two-tower vectors"))
+        save(report)
     for path in saved_vectors:
         saved = np.load(path)
         label = f"{path.name.removesuffix('-vectors.npz')} items, two-tower vectors (trained on a GPU)"
@@ -105,13 +122,7 @@ def main() -> None:
         synthetic /= np.linalg.norm(synthetic, axis=1, keepdims=True)
         report["index"].append(index_figures(synthetic, synthetic[rng.choice(len(synthetic), QUERIES)],
                                              "200k random unit vectors"))  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if only_index and RESULTS.exists():  # keep the other figures of earlier runs; replace those measured now
-        earlier = json.loads(RESULTS.read_text())
-        measured = {row["catalog"] for row in report["index"]}
-        kept = [row for row in earlier.get("index", []) if row["catalog"] not in measured]
-        report = {**earlier, "index": kept + report["index"]}
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    save(report)
     print(json.dumps(report["index"], indent=2))
 
 
