@@ -13,7 +13,7 @@ them as one more view of the candidate (training/item_similarity.py).
 
 import copy
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -237,6 +237,23 @@ class LabelWindow:
     retrieval: Retrieval
     items: np.ndarray
     labels: pd.DataFrame
+    _built: dict = field(default_factory=dict, repr=False)  # candidate count -> what candidates() gives
+
+    def candidates(self, n: int) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+        """(users, candidate frame, RANKER_FEATURES) for the users this window saw: their n best retrieval
+        candidates plus their own past items. Built once at the largest n asked for and cut down for a smaller
+        one (tuning asks for several): the rows are the same (but for ties in retrieval score at the cut), as each
+        row's features are its own and a past item stays whatever its rank."""
+        larger = [built for built in self._built if built >= n]
+        if not larger:
+            users = np.asarray(sorted(self.labels["user_id"].unique()), dtype=object)
+            vectors = self.retrieval.items(self.items)
+            scores = self.retrieval.users(users) @ vectors.T
+            self._built = {n: (users, *candidate_features(self.retrieval, users, self.items, vectors, scores, n))}
+            return self._built[n]
+        users, frame, features = self._built[min(larger)]
+        keep = ((frame["retrieval_rank"] < n) | (features[:, RANKER_FEATURES.index("in_history")] > 0)).to_numpy()
+        return users, frame[keep].reset_index(drop=True), features[keep]
 
 
 @dataclass
@@ -394,12 +411,8 @@ def ranker_examples(windows: list[LabelWindow], config: RankerConfig):
 
 def _window_examples(window: LabelWindow, config: RankerConfig):
     """(features, labels, known) of one label window's candidates."""
-    labels, retrieval = window.labels, window.retrieval
-    users = np.asarray(sorted(labels["user_id"].unique()), dtype=object)
-    vectors = retrieval.items(window.items)
-    frame, features = candidate_features(
-        retrieval, users, window.items, vectors, retrieval.users(users) @ vectors.T, config.candidates
-    )
+    labels = window.labels
+    users, frame, features = window.candidates(config.candidates)
     user_position = pd.Series(np.arange(len(users)), index=pd.Index(users))
     labelled = labels.assign(user=user_position.reindex(labels["user_id"]).to_numpy()).dropna(subset=["user"])
     labelled["user"] = labelled["user"].astype(np.int64)

@@ -154,6 +154,24 @@ def test_label_windows_stack_back_in_time_each_read_as_of_its_start(tmp_path):
     assert len(past) + len(labels) == len(events) and 0.05 < len(labels) / len(events) < 0.15
 
 
+def test_window_candidates_cut_from_a_larger_count_equal_those_built_for_it(tmp_path):
+    events, catalog = tasteful_shop()
+    model = TwoTowerRecommender(preset_name="tiny", work_dir=tmp_path, progress=False)
+    model.settle_config(cutoff_given=True)
+    window = model.label_windows(events, catalog)[0]
+    fresh = replace(window, _built={})
+    _, wide, _ = window.candidates(40)
+    _, cut, cut_features = window.candidates(5)
+    _, built, built_features = fresh.candidates(5)
+    assert len(cut) < len(wide), "the smaller count keeps fewer rows"
+    order = ["user", "item"]
+    cut_rows, built_rows = cut.sort_values(order).index, built.sort_values(order).index
+    pd.testing.assert_frame_equal(
+        cut.loc[cut_rows].reset_index(drop=True), built.loc[built_rows].reset_index(drop=True)
+    )
+    np.testing.assert_allclose(cut_features[cut_rows], built_features[built_rows], rtol=1e-6)
+
+
 def test_label_windows_without_events_are_a_clear_error():
     empty = tasteful_shop()[0].iloc[:0]
     windows = [LabelWindow(retrieval=None, items=np.array([], dtype=object), labels=empty)] * 2
