@@ -185,8 +185,7 @@ class RankedTwoTower:
         model = self().fit_retrieval(validation.train, validation.catalog, validation.cutoff)
         windows = model.label_windows(validation.train, validation.catalog)
         for window in windows:  # candidate features once, at the largest count; smaller counts are cut from them
-            window.candidates(max(params.get("candidates", model.ranker_config.candidates)
-                                  for params in grid_points(grid)))  # fmt: skip
+            window.candidates(max(grid.get("candidates", [model.ranker_config.candidates])))
         rows = []
         for params in tqdm(grid_points(grid), desc=f"tune {self.name}", leave=False):
             config = replace(model.ranker_config, **params)

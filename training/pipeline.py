@@ -13,7 +13,7 @@ them as one more view of the candidate (training/item_similarity.py).
 
 import copy
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -237,21 +237,21 @@ class LabelWindow:
     retrieval: Retrieval
     items: np.ndarray
     labels: pd.DataFrame
-    _built: dict = field(default_factory=dict, repr=False)  # candidate count -> what candidates() gives
+    _built: tuple = ()  # (candidate count, what candidates() gives for it): the largest count asked for so far
 
     def candidates(self, n: int) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
         """(users, candidate frame, RANKER_FEATURES) for the users this window saw: their n best retrieval
         candidates plus their own past items. Built once at the largest n asked for and cut down for a smaller
         one (tuning asks for several): the rows are the same (but for ties in retrieval score at the cut), as each
         row's features are its own and a past item stays whatever its rank."""
-        larger = [built for built in self._built if built >= n]
-        if not larger:
+        if not self._built or self._built[0] < n:
             users = np.asarray(sorted(self.labels["user_id"].unique()), dtype=object)
             vectors = self.retrieval.items(self.items)
             scores = self.retrieval.users(users) @ vectors.T
-            self._built = {n: (users, *candidate_features(self.retrieval, users, self.items, vectors, scores, n))}
-            return self._built[n]
-        users, frame, features = self._built[min(larger)]
+            self._built = (n, users, *candidate_features(self.retrieval, users, self.items, vectors, scores, n))
+        built, users, frame, features = self._built
+        if built == n:
+            return users, frame, features
         keep = ((frame["retrieval_rank"] < n) | (features[:, RANKER_FEATURES.index("in_history")] > 0)).to_numpy()
         return users, frame[keep].reset_index(drop=True), features[keep]
 

@@ -159,7 +159,7 @@ def test_window_candidates_cut_from_a_larger_count_equal_those_built_for_it(tmp_
     model = TwoTowerRecommender(preset_name="tiny", work_dir=tmp_path, progress=False)
     model.settle_config(cutoff_given=True)
     window = model.label_windows(events, catalog)[0]
-    fresh = replace(window, _built={})
+    fresh = replace(window, _built=())
     _, wide, _ = window.candidates(40)
     _, cut, cut_features = window.candidates(5)
     _, built, built_features = fresh.candidates(5)
