@@ -3,6 +3,8 @@
 import pyarrow as pa
 
 EVENT_TYPES = ("view", "add_to_cart", "purchase", "impression", "click")
+# Intent grows from a view to a cart (or favourite) to a purchase: what an "event"-weighted count gives each.
+EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 4.0}
 
 # Column order of a batch in the landing zone and of the event lake.
 REQUIRED_EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "event_timestamp")

@@ -43,6 +43,7 @@ def save(recommender, directory: Path, metadata: dict) -> Path:
         "two_tower": retrieval.model.config.to_dict(),
         "trained_item_ids": [str(i) for i in retrieval.trained_ids],
         "as_of": retrieval.as_of.isoformat(),
+        "now": None if retrieval.now is None else retrieval.now.isoformat(),
         "feature_services": {name: service_version(retrieval.store, name) for name in SERVICES},
         "two_tower_report": retrieval.report.__dict__,
         **metadata,
@@ -65,9 +66,10 @@ def describe(directory: Path) -> dict:
     return json.loads((directory / "artefact.json").read_text())
 
 
-def load(directory: Path, store, as_of=None):
-    """A TwoTowerRecommender from a saved folder, reading features from `store` as of as_of (default: the time it
-    was trained up to). Refuses a store whose feature services differ from the ones the model was trained on."""
+def load(directory: Path, store, as_of=None, now=None):
+    """A TwoTowerRecommender from a saved folder, reading features from `store` as of as_of and scoring for the
+    moment now (both default to the saved ones when as_of is not given; now defaults to as_of when it is).
+    Refuses a store whose feature services differ from the ones the model was trained on."""
     description = describe(directory)
     if description.get("format") != FORMAT:
         raise ValueError(f"artefact format {description.get('format')} is not {FORMAT}, which this code reads: "
@@ -79,12 +81,14 @@ def load(directory: Path, store, as_of=None):
     config = TwoTowerConfig(**description["two_tower"])
     model = TwoTower(config)
     model.load_state_dict(torch.load(directory / "two_tower.pt", weights_only=True))
-    as_of = pd.Timestamp(as_of if as_of is not None else description["as_of"])
+    if as_of is None:
+        as_of, now = description["as_of"], description.get("now")
+    as_of, now = pd.Timestamp(as_of), None if now is None else pd.Timestamp(now)
     report = TrainReport(**description["two_tower_report"])
     recommender = TwoTowerRecommender(two_tower=config, progress=False)
     trained = np.asarray(description["trained_item_ids"], dtype=object)
     similarity = ItemSimilarity.load(directory / "item_similarity.npz")
-    recommender.retrieval = Retrieval(model.eval(), store, as_of, trained, report, similarity)
+    recommender.retrieval = Retrieval(model.eval(), store, as_of, trained, report, similarity, now)
     if "ranker" in description:
         if description["ranker"].get("features") != list(RANKER_FEATURES):
             raise ValueError("the ranker was trained on other features than this code computes: retrain it")

@@ -16,8 +16,8 @@ from implicit.cpu.als import AlternatingLeastSquares
 from implicit.cpu.bpr import BayesianPersonalizedRanking
 from threadpoolctl import threadpool_limits
 
-# Intent grows from a view to a cart (or favourite) to a purchase; the "event" weighting uses these.
-EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 4.0}
+from core.contract import EVENT_WEIGHTS
+
 WEIGHTINGS = ("binary", "count", "event")
 
 

@@ -101,7 +101,8 @@ def evaluate(settings: Settings, run_id: str) -> dict:
     champion = model_store.champion_path(settings)
     if champion is not None:
         try:
-            models["champion"] = artefact.load(champion, store, as_of=models["challenger"].retrieval.as_of)
+            challenger = models["challenger"].retrieval
+            models["champion"] = artefact.load(champion, store, as_of=challenger.as_of, now=challenger.now)
         except ValueError as error:  # its feature services changed: it cannot be compared, so it cannot block
             print(f"champion not comparable: {error}")
     goals = targets(split)

@@ -16,7 +16,14 @@ from tests.training.conftest import tasteful_shop
 from training import protocols
 from training.config import RankerConfig
 from training.evaluate import RankedTwoTower
-from training.pipeline import LabelWindow, TwoTowerRecommender, ranker_examples, retrieval_examples
+from training.pipeline import (
+    RANKER_FEATURES,
+    LabelWindow,
+    TwoTowerRecommender,
+    candidate_features,
+    ranker_examples,
+    retrieval_examples,
+)
 from training.train import RankerExamples, expected_calibration_error, train_ranker
 
 
@@ -115,6 +122,43 @@ def test_the_ranker_reorders_its_candidate_count_of_retrieved_items_plus_the_use
     reranked = (narrow.score(users, items, "all") >= 10.0).sum(1)
     own = train[train["user_id"].isin(users)].groupby("user_id")["item_id"].nunique().reindex(users).to_numpy()
     assert (reranked >= 5).all() and (reranked <= 5 + own).all()
+
+
+def test_ranker_ages_count_from_the_moment_scored_not_from_the_snapshot_after_it(fitted):
+    # The label windows are scored at their start midnight; a test split or a request comes mid-day, reading the
+    # next midnight's snapshot. Its ages must be those of the moment itself, or every item looks hours older.
+    model, train, last, _ = fitted
+    snapshot = model.retrieval
+    now = train["event_timestamp"].max()
+    ahead_s = (snapshot.as_of - now).total_seconds()
+    assert snapshot.now is None and ahead_s > 0
+    users, items = last["user_id"].to_numpy()[:6], np.sort(train["item_id"].unique())
+    vectors = snapshot.items(items)
+    scores = snapshot.users(users) @ vectors.T
+    _, at_snapshot = candidate_features(snapshot, users, items, vectors, scores, 10)
+    _, at_now = candidate_features(replace(snapshot, now=now), users, items, vectors, scores, 10)
+    ages = [RANKER_FEATURES.index(name) for name in
+            ("log_age_since_user_item", "log_user_last_event_age", "log_item_first_seen_age")]  # fmt: skip
+    own = at_snapshot[:, RANKER_FEATURES.index("in_history")] > 0
+    assert own.any()
+    np.testing.assert_allclose(np.expm1(at_now[own][:, ages].astype(np.float64)),
+                               np.expm1(at_snapshot[own][:, ages].astype(np.float64)) - ahead_s, rtol=1e-5)  # fmt: skip
+    others = [column for column in range(len(RANKER_FEATURES)) if column not in ages]
+    np.testing.assert_array_equal(at_now[:, others], at_snapshot[:, others])
+
+
+def test_history_intent_weighs_the_users_events_on_the_item_as_repurchase_does(fitted):
+    model, train, last, _ = fitted
+    users, items = last["user_id"].to_numpy()[:6], np.sort(train["item_id"].unique())
+    vectors = model.retrieval.items(items)
+    frame, features = candidate_features(model.retrieval, users, items, vectors,
+                                         model.retrieval.users(users) @ vectors.T, 10)  # fmt: skip
+    counts = train.groupby(["user_id", "event_type"]).size()  # the tasteful shop has purchases only
+    bought = train.groupby(["user_id", "item_id"]).size()
+    expected = bought.reindex(pd.MultiIndex.from_arrays([users[frame["user"]], frame["item_id"]])).fillna(0)
+    assert set(counts.index.get_level_values(1)) == {"purchase"} and (expected > 0).any()
+    np.testing.assert_allclose(features[:, RANKER_FEATURES.index("history_intent")],
+                               np.log1p(4.0 * expected.to_numpy()), rtol=1e-6)  # fmt: skip
 
 
 def test_the_candidate_count_is_tuned_on_the_validation_split(monkeypatch, tmp_path):

@@ -5,6 +5,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -22,6 +23,7 @@ def test_retrain_publishes_a_champion_and_a_broken_challenger_never_gets_in(tast
     description = json.loads((stored / "artefact.json").read_text())
     assert set(description["feature_services"]) == {"two_tower_v1", "ranker_v1"}
     assert description["data_window"] and description["cutoff"] and "ranker" in description
+    assert pd.Timestamp(description["now"]) == pd.Timestamp(description["cutoff"]), "scored for the cutoff"
     assert (stored / "items.faiss").exists() and (stored / "item_vectors.npy").exists()
 
     # A broken challenger: run 1's artefact with its item vectors scrambled (id and category rows shuffled, text
@@ -47,6 +49,7 @@ def test_retrain_publishes_a_champion_and_a_broken_challenger_never_gets_in(tast
     # The published artefact alone rebuilds the models (given a store), and refuses changed feature services.
     store = retrain._store(retrain.run_folder(settings, "run-1"))
     loaded = artefact.load(stored, store)
+    assert loaded.retrieval.now == pd.Timestamp(description["cutoff"]) < loaded.retrieval.as_of
     users = np.array(["u0-1", "u1-1"], dtype=object)
     items = np.array(["i1", "i30", "i99", "never-seen"], dtype=object)
     scores = loaded.score(users, items, "all")
