@@ -156,7 +156,8 @@ class TwoTowerRecommender:
         return self
 
     def fit_retrieval(self, train: pd.DataFrame, catalog: pd.DataFrame, as_of=None) -> "TwoTowerRecommender":
-        """The two-tower on every train event, features from a store built from train alone, as of as_of."""
+        """The two-tower on every train event, features from a store built from train alone, read from the
+        snapshot at the midnight after as_of; the ranker's ages count from as_of itself (the retrieval's `now`)."""
         store, snapshot = self.feature_store(train, catalog, as_of)
         now = None if as_of is None else _utc(as_of)
         self.retrieval = fit_retrieval(store, by_time(train), snapshot, self.config, self.device, self.progress, now)
