@@ -1,10 +1,12 @@
 """The canonical event contract and item catalog that every source is mapped onto (DESIGN.md)."""
 
+import pandas as pd
 import pyarrow as pa
 
 EVENT_TYPES = ("view", "add_to_cart", "purchase", "impression", "click")
 # Intent grows from a view to a cart (or favourite) to a purchase: what an "event"-weighted count gives each.
 EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 4.0}
+
 
 # Column order of a batch in the landing zone and of the event lake.
 REQUIRED_EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "event_timestamp")
@@ -23,3 +25,9 @@ LAKE_SCHEMA = pa.schema(
        ("quantity", pa.float64()), ("price", pa.float64()), ("item_known", pa.bool_()), ("batch_id", pa.string())]
 )  # fmt: skip
 assert tuple(LAKE_SCHEMA.names) == LAKE_COLUMNS
+
+
+def as_utc(moment) -> pd.Timestamp:
+    """A moment as a UTC Timestamp; a naive one is read as UTC, as the contract stores every time."""
+    moment = pd.Timestamp(moment)
+    return moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")

@@ -18,6 +18,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Array, Bool, Float32, Float64, Int32, Int64
 
+from core.contract import as_utc
 from core.layout import Layout
 
 FRESH, STALE, MISSING = "fresh", "stale", "missing"
@@ -56,8 +57,7 @@ class OnlineFeatures:
 
     def read(self, user_id: str, item_ids: list[str], as_of=None) -> OnlineRead:
         """as_of: the time freshness is judged at (default now; a replayed shop passes its logical time)."""
-        now = pd.Timestamp(as_of if as_of is not None else "now")
-        now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
+        now = as_utc(as_of if as_of is not None else "now")
         user, user_status = {}, {}
         for view, names, kinds in self._views["user_id"]:
             ((stamp, values),) = self._read_rows(view, names, "user_id", [user_id])

@@ -12,6 +12,7 @@ import pandas as pd
 import yaml
 from feast import FeatureStore, RepoConfig
 
+from core.contract import as_utc
 from core.layout import Layout, read_json, write_json
 from core.settings import Settings
 
@@ -69,13 +70,13 @@ def materialize(store: FeatureStore, layout: Layout, end) -> dict:
     time for ttl 0). A run with nothing new writes nothing, so re-running leaves the online store as it was.
     The version names what the online store holds; serving caches item features under it.
     """
-    end = _utc(end)
+    end = as_utc(end)
     path = layout.feast / "materialized.json"
     record = read_json(path) if path.exists() else {"version": 0, "views": {}}
     written = {}
     for view in store.list_feature_views():
         done = record["views"].get(view.name)
-        start = _utc(done) if done else (end - view.ttl if view.ttl else pd.Timestamp(0, tz="UTC"))
+        start = as_utc(done) if done else (end - view.ttl if view.ttl else pd.Timestamp(0, tz="UTC"))
         if start >= end:
             continue
         store.materialize(start.to_pydatetime(), end.to_pydatetime(), feature_views=[view.name])
@@ -91,8 +92,3 @@ def materialized_version(layout: Layout) -> int:
     """Which materialisation the online store holds (0: none yet)."""
     path = layout.feast / "materialized.json"
     return read_json(path)["version"] if path.exists() else 0
-
-
-def _utc(when) -> pd.Timestamp:
-    when = pd.Timestamp(when)
-    return when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
