@@ -1,7 +1,7 @@
 """Where every piece of runtime state lives under SHOPREC_HOME.
 
-landing/<batch_id>.csv|parquet           batches as received (immutable), with an optional
-landing/<batch_id>.manifest.json         manifest naming the batch's logical time
+landing/<name>.csv|parquet               batches as received (immutable), with an optional
+landing/<name>.<ext>.manifest.json       manifest naming the batch's logical time
 catalog/items.parquet                    the current item catalog
 lake/events/event_date=<day>/<batch_id>.parquet   accepted events, partitioned by event date
 quarantine/<batch_id>.parquet            rejected rows with the failed rule(s) per row
@@ -14,6 +14,7 @@ features/item_catalog.parquet            catalog features, with text_embeddings.
 feast/                                   Feast's registry and SQLite online store (embedded environment)
 """
 
+import hashlib
 import io
 import json
 import os
@@ -84,8 +85,9 @@ class Layout:
     def gate_record(self, batch_id: str) -> Path:
         return self.gate / f"{batch_id}.json"
 
-    def manifest(self, batch_id: str) -> Path:
-        return self.landing / f"{batch_id}.manifest.json"
+    def accepted_records(self) -> list[dict]:
+        """The gate's verdicts of the batches it accepted."""
+        return [r for p in sorted(self.gate.glob("*.json")) if (r := read_json(p)).get("status") == "accepted"]
 
     def landed_batches(self) -> list[Path]:
         """Batch files in the landing zone, oldest batch id first (ids sort by time)."""
@@ -94,9 +96,34 @@ class Layout:
         return sorted(p for p in self.landing.iterdir() if p.suffix in BATCH_SUFFIXES and p.is_file())
 
 
+def batch_digest(path: Path) -> str:
+    """The SHA-256 of a batch file's bytes: the same bytes sent again, under any name, are the same batch."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def batch_id_of(path: Path) -> str:
-    """A batch is named by its file name without the suffix."""
-    return path.name.removesuffix(path.suffix)
+    """A batch is named by its file's stem and the start of its digest: two different files never share an id
+    (drop.csv and drop.parquet, random.bin and random.csv), so nothing one batch writes can overwrite another's."""
+    return f"{path.stem}-{batch_digest(path)[:12]}"
+
+
+def manifest_of(path: Path) -> Path:
+    """The manifest that travels beside a batch file (replay writes one): its logical interval."""
+    return path.with_name(f"{path.name}.manifest.json")
+
+
+def lake_as_of(layout: Layout):
+    """The shop's logical time: the newest end of an accepted batch that moved the clock, or None.
+
+    A batch moves it only when it brought events and its time was plausible (the gate says so in `moves_clock`):
+    an empty batch judged at the wall clock must not pull a replayed 2011 shop into today and turn every feature
+    stale.
+    """
+    import pandas as pd
+
+    ends = [r["as_of"] for r in layout.accepted_records() if r.get("moves_clock", r.get("accepted", 0) > 0)]
+    return max(pd.Timestamp(t) for t in ends) if ends else None
 
 
 def write_atomically(path: Path, data: bytes) -> None:

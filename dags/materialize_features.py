@@ -44,8 +44,7 @@ def materialize_features():
     def materialize() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from core.layout import Layout
-        from features.build import lake_as_of
+        from core.layout import Layout, lake_as_of
         from features.store import materialize, open_store
 
         layout = Layout(settings.home)

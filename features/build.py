@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from core.contract import EVENT_TYPES
-from core.layout import Layout, read_json, table_bytes, write_atomically, write_json
+from core.layout import Layout, lake_as_of, read_json, table_bytes, write_atomically, write_json
 from core.settings import Settings
 from features.text_embeddings import embed_catalog
 
@@ -44,12 +44,6 @@ class BuildReport:
 def lake_days(layout: Layout) -> list[str]:
     """The event dates the lake holds, oldest first."""
     return sorted(p.name.removeprefix("event_date=") for p in layout.events.glob("event_date=*") if any(p.iterdir()))
-
-
-def lake_as_of(layout: Layout) -> pd.Timestamp | None:
-    """The logical time of the newest batch the gate accepted: how far the lake is known to be complete."""
-    ends = [r["as_of"] for p in layout.gate.glob("*.json") if (r := read_json(p)).get("status") == "accepted"]
-    return max(pd.Timestamp(t) for t in ends) if ends else None
 
 
 def read_events(layout: Layout, last_day: str, columns=EVENT_COLUMNS) -> pd.DataFrame:

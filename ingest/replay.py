@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.contract import EVENT_COLUMNS
-from core.layout import Layout, parquet_bytes, write_atomically, write_json
+from core.layout import Layout, batch_id_of, manifest_of, parquet_bytes, write_atomically, write_json
 from ingest.source import SourceData
 
 PERIODS = {"day": "D", "week": "W-SUN", "month": "M"}
@@ -38,13 +38,14 @@ def land(source: SourceData, layout: Layout, every: str = "day", fmt: str = "csv
     for p, batch in source.events.groupby(period, sort=True):
         start = p.start_time.tz_localize(source.timezone).tz_convert("UTC")
         as_of = p.end_time.ceil("s").tz_localize(source.timezone).tz_convert("UTC")
-        batch_id = f"{source.name}-{p.start_time:%Y-%m-%d}"
-        path = layout.landing / f"{batch_id}.{fmt}"
-        _write_if_new(path, to_bytes(batch, fmt))
-        write_json(
-            layout.manifest(batch_id),
-            {"batch_id": batch_id, "source": source.name, "interval_start": start, "as_of": as_of, "rows": len(batch)},
-        )
+        path = layout.landing / f"{source.name}-{p.start_time:%Y-%m-%d}.{fmt}"
+        data = to_bytes(batch, fmt)
+        if not _already_landed(path, data):
+            # The manifest first: a scheduler scanning the landing zone must never see a batch without its time.
+            manifest = {"source": source.name, "interval_start": start, "as_of": as_of, "rows": len(batch)}
+            write_json(manifest_of(path), manifest)
+            write_atomically(path, data)
+        batch_id = batch_id_of(path)
         landed.append(LandedBatch(batch_id, path, len(batch), as_of))
     return landed
 
@@ -73,9 +74,15 @@ def to_bytes(events: pd.DataFrame, fmt: str) -> bytes:
     return text.to_csv(index=False).encode()
 
 
+def _already_landed(path: Path, data: bytes) -> bool:
+    """Whether these bytes are already at path; other bytes there are an error (the landing zone is immutable)."""
+    if not path.exists():
+        return False
+    if path.read_bytes() == data:
+        return True
+    raise FileExistsError(f"{path} already landed with different content; the landing zone is immutable")
+
+
 def _write_if_new(path: Path, data: bytes) -> None:
-    if path.exists():
-        if path.read_bytes() == data:
-            return
-        raise FileExistsError(f"{path} already landed with different content; the landing zone is immutable")
-    write_atomically(path, data)
+    if not _already_landed(path, data):
+        write_atomically(path, data)

@@ -43,23 +43,40 @@ def validate(
     path: Annotated[Path, typer.Argument(help="a batch file (CSV or parquet) in the canonical contract")],
     as_of: Annotated[str | None, typer.Option(help="logical time of the batch (ISO 8601); default: now")] = None,
 ) -> None:
-    """Run the gate on one batch and print its verdict as JSON. Exit 0 if accepted, 1 if the batch failed."""
-    from validation.gate import run_gate
+    """Check one batch against the gate and print its verdict as JSON; writes nothing (a dry run: `shoprec ingest
+    PATH` takes a file in). Exit 0 if it would be accepted, 1 if it would fail, 2 on usage errors."""
+    from validation.gate import judge
 
+    _check_file(path)
     if as_of is not None:
         _check_time(as_of)
-    result = run_gate(path, _layout(), get_settings(), as_of=as_of)
+    result = judge(path, _layout(), get_settings(), as_of=as_of).result
     typer.echo(json.dumps(result.to_dict(), indent=2))
     raise typer.Exit(0 if result.status == "accepted" else 1)
 
 
 @app.command()
-def ingest() -> None:
-    """Apply catalog feeds, then run the gate on every new batch in the landing zone (what ingest_events does)."""
+def ingest(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="batch files to drop into the landing zone first (default: none)")
+    ] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="logical time of the dropped files (ISO 8601); default: now")
+    ] = None,
+) -> None:
+    """Take files into the shop: drop PATHS (if any) into the landing zone, apply catalog feeds, then run the gate on
+    every new batch there, writing the lake, quarantine and ledger (what ingest_events does). Exit 1 if a batch
+    failed."""
     from validation.catalog import apply_feeds
     from validation.gate import pending_batches, run_gate
 
     settings, layout = get_settings(), _layout()
+    for path in paths or []:
+        _check_file(path)
+    if as_of is not None:
+        _check_time(as_of)
+    for path in paths or []:
+        typer.echo(_drop(path, layout, as_of))
     for feed in apply_feeds(layout):
         typer.echo(f"catalog feed {feed.feed}: {feed.accepted:,} accepted, {feed.quarantined:,} quarantined")
     failed = [r for p in pending_batches(layout) if (r := run_gate(p, layout, settings)).status == "failed"]
@@ -69,17 +86,37 @@ def ingest() -> None:
     raise typer.Exit(1 if failed else 0)
 
 
+def _drop(path: Path, layout: Layout, as_of: str | None) -> str:
+    """Copy a batch file into the landing zone as received; the same bytes again are recognised, not re-landed."""
+    from core.layout import batch_digest, batch_id_of, manifest_of, write_atomically, write_json
+
+    landed = {batch_digest(p): p for p in layout.landed_batches()}
+    if (digest := batch_digest(path)) in landed:
+        return f"{path}: already landed as {landed[digest].name} (batch {batch_id_of(landed[digest])})"
+    target = layout.landing / path.name
+    if target.exists():
+        typer.echo(f"{path}: the landing zone already holds another {path.name} (it is immutable): rename the file",
+                   err=True)  # fmt: skip
+        raise typer.Exit(2)
+    if as_of is not None:
+        write_json(manifest_of(target), {"as_of": as_of})
+    write_atomically(target, path.read_bytes())
+    return f"{path}: landed as {target} (batch {batch_id_of(target)})"
+
+
 @app.command()
 def status() -> None:
     """The ingest ledger: every judged batch with its counts."""
     records = [read_json(p) for p in sorted(_layout().gate.glob("*.json"))]
-    typer.echo(f"{'batch':<32} {'status':<9} {'received':>9} {'accepted':>9} {'quarant.':>9}  rules")
+    width = max([len("total"), *(len(r["batch_id"]) for r in records)])
+    typer.echo(f"{'batch':<{width}} {'status':<9} {'received':>9} {'accepted':>9} {'quarant.':>9}  rules")
     for r in records:
-        rules = ", ".join(f"{k} {v:,}" for k, v in r["failed_rules"].items())
-        typer.echo(f"{r['batch_id']:<32} {r['status']:<9} {r['received']:>9,} {r['accepted']:>9,} "
+        rules = ", ".join(f"{k} {v:,}" for k, v in {**r["failed_rules"], **r.get("flagged", {})}.items())
+        typer.echo(f"{r['batch_id']:<{width}} {r['status']:<9} {r['received']:>9,} {r['accepted']:>9,} "
                    f"{r['quarantined']:>9,}  {rules}")  # fmt: skip
     totals = {k: sum(r[k] for r in records) for k in ("received", "accepted", "quarantined")}
-    typer.echo(f"{'total':<32} {'':<9} {totals['received']:>9,} {totals['accepted']:>9,} {totals['quarantined']:>9,}")
+    typer.echo(f"{'total':<{width}} {'':<9} {totals['received']:>9,} {totals['accepted']:>9,} "
+               f"{totals['quarantined']:>9,}")  # fmt: skip
 
 
 @app.command()
@@ -122,7 +159,7 @@ def features_build(
 @features_app.command("materialize")
 def features_materialize() -> None:
     """`feast apply`, then incremental materialisation up to the lake's logical time."""
-    from features.build import lake_as_of
+    from core.layout import lake_as_of
     from features.store import apply, materialize, open_store
 
     settings, layout = get_settings(), _layout()
@@ -143,9 +180,11 @@ def features_read(
     as_of: Annotated[
         str | None, typer.Option(help="judge freshness at this time; default: the lake's logical time")
     ] = None,
+    full: Annotated[bool, typer.Option("--full", help="print every element of list features")] = False,
 ) -> None:
-    """Read one user's and some items' online features through the serving read path, as JSON."""
-    from features.build import lake_as_of
+    """Read one user's and some items' online features through the serving read path, as JSON (list features
+    summarised as their length and first elements; --full for all of them)."""
+    from core.layout import lake_as_of
     from features.online import OnlineFeatures
     from features.store import open_store
 
@@ -154,10 +193,11 @@ def features_read(
         _check_time(as_of)
     reader = OnlineFeatures(open_store(settings), service, layout)
     found = reader.read(user_id, item_ids, as_of=as_of or lake_as_of(layout))
+    shown = _plain if full else _summary
     rows = {"user_id": user_id, "user_status": found.user_status,
-            "user": {k: _plain(v[0]) for k, v in found.user.items()},
+            "user": {k: shown(v[0]) for k, v in found.user.items()},
             "items": [{"item_id": item, **{v: str(s[i]) for v, s in found.item_status.items()},
-                       **{k: _plain(v[i]) for k, v in found.items.items() if "text_embedding" not in k}}
+                       **{k: shown(v[i]) for k, v in found.items.items() if full or "text_embedding" not in k}}
                       for i, item in enumerate(item_ids)]}  # fmt: skip
     typer.echo(json.dumps(rows, indent=2))
 
@@ -263,9 +303,28 @@ def _plain(value):
     """A numpy value as JSON: NaN (a blanked stale or missing value) becomes null."""
     if hasattr(value, "tolist"):
         value = value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
     if isinstance(value, float):
         return None if math.isnan(value) else float(f"{value:.7g}")  # float32 precision, without float32 noise
     return value
+
+
+SUMMARY_ELEMENTS = 5  # of a list feature, shown by `features read` without --full
+
+
+def _summary(value):
+    """A value as JSON, a list as its length and first few elements: one user_history row is 1,500 values."""
+    value = _plain(value)
+    if isinstance(value, list) and len(value) > SUMMARY_ELEMENTS:
+        return {"length": len(value), "first": value[:SUMMARY_ELEMENTS]}
+    return value
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        typer.echo(f"{path}: no such file", err=True)
+        raise typer.Exit(2)
 
 
 def _check_time(text: str) -> None:

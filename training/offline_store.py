@@ -35,7 +35,10 @@ def write_lake(layout: Layout, events: pd.DataFrame, batch_id: str = "b1", as_of
         table = pa.Table.from_pandas(rows.reset_index(drop=True), schema=LAKE_SCHEMA, preserve_index=False)
         write_atomically(layout.event_partition(day) / f"{batch_id}.parquet", table_bytes(table))
     as_of = pd.Timestamp(as_of) if as_of is not None else events["event_timestamp"].max().ceil("D")
-    write_json(layout.gate / f"{batch_id}.json", {"status": "accepted", "as_of": as_of.isoformat()})
+    write_json(
+        layout.gate / f"{batch_id}.json",
+        {"status": "accepted", "as_of": as_of.isoformat(), "accepted": len(events), "moves_clock": True},
+    )
 
 
 def store_for_events(events: pd.DataFrame, catalog: pd.DataFrame, home: Path, as_of, cache: Path | None = None):

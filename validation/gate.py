@@ -22,14 +22,26 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from core.contract import EVENT_COLUMNS, LAKE_COLUMNS, LAKE_SCHEMA, OPTIONAL_EVENT_COLUMNS, REQUIRED_EVENT_COLUMNS
-from core.layout import Layout, batch_id_of, read_json, table_bytes, write_atomically, write_json, write_parquet
+from core.contract import LAKE_COLUMNS, LAKE_SCHEMA, OPTIONAL_EVENT_COLUMNS, REQUIRED_EVENT_COLUMNS, as_utc
+from core.layout import (
+    Layout,
+    batch_digest,
+    batch_id_of,
+    lake_as_of,
+    manifest_of,
+    read_json,
+    table_bytes,
+    write_atomically,
+    write_json,
+    write_parquet,
+)
 from core.settings import Settings
 from validation.runner import row_reasons
 from validation.suites import event_suite
 
 ID_COLUMNS = ("event_id", "user_id", "item_id", "session_id")
 BATCH_FAILED = "batch_failed"
+CLOCK_FLAG = "logical_time_implausible"
 
 
 class BatchUnreadable(Exception):
@@ -48,46 +60,61 @@ class GateResult:
     reason: str | None = None  # one readable line when the batch failed
     interval_start: str | None = None
     as_of: str | None = None  # the end of the batch's logical interval
+    sha256: str | None = None  # of the file's bytes: the same bytes again are this batch, not a new one
+    moves_clock: bool = False  # whether this batch advances the shop's logical time (core.layout.lake_as_of)
+    warning: str | None = None  # one readable line about an accepted batch that needs a look
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def pending_batches(layout: Layout) -> list[Path]:
-    """Landed batches the gate has not judged yet, oldest first."""
-    return [p for p in layout.landed_batches() if not layout.gate_record(batch_id_of(p)).exists()]
+    """Landed batches the gate has not judged yet, oldest first; the same bytes landed again, under any name, are
+    the batch already judged (its rows are in the lake or quarantine once), not a new one."""
+    seen = {r.get("sha256") for r in map(read_json, layout.gate.glob("*.json"))} if layout.gate.exists() else set()
+    pending = []
+    for path in layout.landed_batches():
+        if (digest := batch_digest(path)) not in seen:
+            pending.append(path)
+            seen.add(digest)
+    return pending
 
 
-def logical_interval(path: Path, layout: Layout, explicit=None, fallback=None) -> tuple[pd.Timestamp, pd.Timestamp]:
+def logical_interval(path: Path, explicit=None, fallback=None) -> tuple[pd.Timestamp, pd.Timestamp]:
     """The (start, end) of the time a batch covers: its end is the explicit as_of, else its manifest's, else the
     fallback, else now; its start comes from the manifest, or equals the end when nothing says otherwise."""
-    manifest = layout.manifest(batch_id_of(path))
-    known = read_json(manifest) if manifest.exists() and manifest.parent == path.parent else {}
+    manifest = manifest_of(path)
+    known = read_json(manifest) if manifest.exists() else {}
     end = explicit if explicit is not None else known.get("as_of", fallback)
-    end = _utc(pd.Timestamp(end if end is not None else "now"))
-    start = _utc(pd.Timestamp(known["interval_start"])) if explicit is None and "interval_start" in known else end
+    end = as_utc(pd.Timestamp(end if end is not None else "now"))
+    start = as_utc(pd.Timestamp(known["interval_start"])) if explicit is None and "interval_start" in known else end
     return min(start, end), end
 
 
-def _utc(when: pd.Timestamp) -> pd.Timestamp:
-    return when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+@dataclass
+class Judgement:
+    """A verdict and the rows it sends where, before anything is written (what `shoprec validate` prints)."""
+
+    result: GateResult
+    accepted: pd.DataFrame | None = None  # rows for the lake
+    quarantined: pd.DataFrame | None = None  # rows as read, with `row` and `reason`
+    unreadable: bool = False  # the file could not be read: quarantine keeps its bytes
 
 
-def run_gate(path: Path, layout: Layout, settings: Settings, as_of=None, fallback_as_of=None) -> GateResult:
-    """Judge one batch file, write its accepted rows, quarantine and verdict, and return the verdict."""
-    batch_id = batch_id_of(path)
-    start, when = logical_interval(path, layout, as_of, fallback_as_of)
-    _clear_outputs(layout, batch_id)
+def judge(path: Path, layout: Layout, settings: Settings, as_of=None, fallback_as_of=None) -> Judgement:
+    """Judge one batch file against the contract and the lake as it stands; reads only, writes nothing."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no batch file at {path}")
+    batch_id, digest = batch_id_of(path), batch_digest(path)
+    start, when = logical_interval(path, as_of, fallback_as_of)
     try:
         raw = read_batch(path)
     except BatchUnreadable as err:
         received = _count_records(path)
-        layout.quarantine.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, layout.quarantine / f"{batch_id}.raw{path.suffix}")
         result = GateResult(batch_id, "failed", received, 0, received, {BATCH_FAILED: received},
-                            reason=f"{path.name}: {err}", interval_start=start.isoformat(), as_of=when.isoformat())  # fmt: skip
-        write_json(layout.gate_record(batch_id), result.to_dict())
-        return result
+                            reason=f"{path.name}: {err}", interval_start=start.isoformat(), as_of=when.isoformat(),
+                            sha256=digest)  # fmt: skip
+        return Judgement(result, unreadable=True)
 
     oldest_allowed, newest_allowed = start - settings.max_event_age, when + settings.future_skew
     events = prepare(raw)
@@ -115,29 +142,67 @@ def run_gate(path: Path, layout: Layout, settings: Settings, as_of=None, fallbac
         rejected[:] = True
         failed_rules[BATCH_FAILED] = int((reasons == BATCH_FAILED).sum())
 
+    quarantined = None
     if rejected.any():
         # Rows exactly as read: text from CSV, typed values from parquet; `row` is the 1-based position in the batch.
-        quarantine = raw[rejected.to_numpy()].assign(row=np.flatnonzero(rejected) + 1)
-        quarantine["reason"] = reasons[rejected].to_numpy()
-        write_parquet(quarantine.reset_index(drop=True), layout.quarantine / f"{batch_id}.parquet")
+        quarantined = raw[rejected.to_numpy()].assign(row=np.flatnonzero(rejected) + 1)
+        quarantined["reason"] = reasons[rejected].to_numpy()
+        quarantined = quarantined.reset_index(drop=True)
     accepted = events[~rejected.to_numpy()]
-    _write_lake(accepted, layout, batch_id)
+    flagged = {rule: int(n) for rule, n in flags.items() if n}
+    warning = _implausible_time(start, when, lake_as_of(layout), settings) if len(accepted) else None
+    if warning:
+        flagged[CLOCK_FLAG] = len(accepted)
+    result = GateResult(batch_id, status, len(raw), len(accepted), int(rejected.sum()), failed_rules, flagged,
+                        reason, start.isoformat(), when.isoformat(), sha256=digest, warning=warning,
+                        moves_clock=status == "accepted" and len(accepted) > 0 and warning is None)  # fmt: skip
+    return Judgement(result, accepted, quarantined)
 
-    result = GateResult(batch_id, status, len(raw), len(accepted), int(rejected.sum()), failed_rules,
-                        {rule: int(n) for rule, n in flags.items() if n}, reason, start.isoformat(), when.isoformat())  # fmt: skip
-    write_json(layout.gate_record(batch_id), result.to_dict())
-    return result
+
+def record(judgement: Judgement, path: Path, layout: Layout) -> GateResult:
+    """Write a judgement: accepted rows to the lake, the rest to quarantine, the verdict to the ledger. Whatever an
+    earlier run of the same batch wrote is replaced, so re-running it leaves byte-identical outputs."""
+    batch_id = judgement.result.batch_id
+    _clear_outputs(layout, batch_id)
+    if judgement.unreadable:
+        layout.quarantine.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, layout.quarantine / f"{batch_id}.raw{path.suffix}")
+    if judgement.quarantined is not None:
+        write_parquet(judgement.quarantined, layout.quarantine / f"{batch_id}.parquet")
+    if judgement.accepted is not None:
+        _write_lake(judgement.accepted, layout, batch_id)
+    write_json(layout.gate_record(batch_id), judgement.result.to_dict())
+    return judgement.result
+
+
+def run_gate(path: Path, layout: Layout, settings: Settings, as_of=None, fallback_as_of=None) -> GateResult:
+    """Judge one batch file, write its accepted rows, quarantine and verdict, and return the verdict."""
+    return record(judge(path, layout, settings, as_of, fallback_as_of), path, layout)
+
+
+def _implausible_time(start, end, clock: pd.Timestamp | None, settings: Settings) -> str | None:
+    """Why a batch's logical interval must not move the shop's clock, or None. An interval that starts more than the
+    retention window after the lake's time, or ends more than that before it, is a wrong clock (a file judged at
+    the wall clock in a replayed shop), not a day of trading; a month-long batch that starts where the lake ends is
+    fine."""
+    if clock is None:
+        return None
+    gap = start - clock if start > clock else clock - end
+    if gap <= settings.max_event_age:
+        return None
+    return (f"logical interval {start.isoformat()} to {end.isoformat()} is {gap} from the lake's time "
+            f"{clock.isoformat()}, beyond the {settings.max_event_age} retention window: its rows are accepted, but "
+            "the shop's clock stays where it was")  # fmt: skip
 
 
 def read_batch(path: Path) -> pd.DataFrame:
     """The batch as received, every value as text (CSV) or as typed (parquet); raises BatchUnreadable."""
-    if not path.exists():
-        raise BatchUnreadable("no such file")
+    if path.stat().st_size == 0:
+        # Not even a header: nothing says these are contract columns (a header-only file is an empty batch).
+        raise BatchUnreadable("empty file (0 bytes, not even a header row)")
     try:
         if path.suffix == ".parquet":
             frame = pq.read_table(path).to_pandas(types_mapper=_arrow_strings)
-        elif path.stat().st_size == 0:
-            frame = pd.DataFrame(columns=list(EVENT_COLUMNS), dtype=object)
         else:
             frame = _read_csv_as_text(path)
     except UnicodeDecodeError as err:

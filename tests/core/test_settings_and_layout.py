@@ -1,7 +1,6 @@
 """Settings come from SHOPREC_* variables; all state lives under SHOPREC_HOME; writes are atomic."""
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -44,7 +43,7 @@ def test_every_path_is_under_home(tmp_path):
     layout = Layout(tmp_path)
     paths = [layout.landing, layout.catalog, layout.events, layout.quarantine, layout.gate, layout.docs,
              layout.event_partition("2024-01-01"), layout.source_quarantine("x"), layout.gate_record("b"),
-             layout.manifest("b")]  # fmt: skip
+             layout.training, layout.model_store]  # fmt: skip
     assert all(p.is_relative_to(tmp_path) for p in paths)
     assert not tmp_path.joinpath("landing").exists()  # describing the layout touches no disk
 
@@ -53,4 +52,15 @@ def test_json_round_trip_and_batch_ids(tmp_path):
     write_json(tmp_path / "a" / "b.json", {"n": 1})
     assert read_json(tmp_path / "a" / "b.json") == {"n": 1}
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.json"]  # no temporary file left behind
-    assert batch_id_of(Path("landing/shop-2024-01-01.csv")) == "shop-2024-01-01"
+
+
+def test_batch_ids_tell_different_files_apart_and_know_the_same_bytes_again(tmp_path):
+    # Named by the stem alone, drop.csv and drop.parquet were one batch: the second was skipped for good.
+    (tmp_path / "drop.csv").write_text("event_id\n1\n")
+    (tmp_path / "drop.parquet").write_text("other bytes")
+    (tmp_path / "again.csv").write_text("event_id\n1\n")
+    ids = {name: batch_id_of(tmp_path / name) for name in ("drop.csv", "drop.parquet", "again.csv")}
+    assert ids["drop.csv"] != ids["drop.parquet"]
+    assert ids["drop.csv"].startswith("drop-") and ids["again.csv"].startswith("again-")
+    assert ids["drop.csv"].removeprefix("drop") == ids["again.csv"].removeprefix("again")  # the same bytes
+    assert batch_id_of(tmp_path / "drop.csv") == ids["drop.csv"]  # stable

@@ -3,19 +3,20 @@
 import pandas as pd
 import pytest
 
-from core.layout import read_json
+from core.layout import manifest_of, read_json
 from ingest import replay, synthetic
 
 
 def test_batches_follow_the_local_calendar_with_manifests(layout):
     source = synthetic.generate(5_000, days=3, start="2024-03-01")
     landed = replay.land(source, layout)
-    ids = [b.batch_id for b in landed]
+    ids = [b.path.stem for b in landed]
+    assert all(b.batch_id.startswith(f"{b.path.stem}-") for b in landed)  # the file's stem, then its digest
     # Three days of sessions; the last evening's sessions may run past midnight into a fourth batch.
     assert ids[:3] == ["synthetic-2024-03-01", "synthetic-2024-03-02", "synthetic-2024-03-03"]
     assert ids == sorted(ids) and len(ids) <= 4
     assert sum(b.rows for b in landed) == 5_000
-    manifest = read_json(layout.manifest("synthetic-2024-03-02"))
+    manifest = read_json(manifest_of(landed[1].path))
     assert manifest["interval_start"].startswith("2024-03-02 00:00:00")
     assert manifest["as_of"].startswith("2024-03-03 00:00:00")
     assert (layout.landing / "catalog" / "synthetic.parquet").exists()

@@ -28,7 +28,7 @@ def test_every_line_becomes_an_event(source):
 
 def test_replay_and_gate_quarantine_the_cut_line_and_old_times(source, layout, settings):
     landed = replay.land(source, layout)
-    assert [b.batch_id for b in landed] == [f"taobao-2017-{d}" for d in
+    assert [b.path.stem for b in landed] == [f"taobao-2017-{d}" for d in
                                             ["11-25", "11-26", "11-27", "11-28", "11-29", "11-30", "12-01", "12-02", "12-03"]]  # fmt: skip
     results = [run_gate(p, layout, settings) for p in pending_batches(layout)]
     assert all(r.status == "accepted" for r in results)

@@ -24,7 +24,7 @@ def test_validate_prints_a_json_verdict_and_exits_0_when_accepted(shoprec_home, 
     result = runner.invoke(app, ["validate", str(path), "--as-of", "2024-01-02T00:00:00Z"])
     assert result.exit_code == 0, result.output
     verdict = json.loads(result.stdout)
-    assert verdict["batch_id"] == "b1" and verdict["status"] == "accepted"
+    assert verdict["batch_id"].startswith("b1-") and verdict["status"] == "accepted"
     assert (verdict["received"], verdict["accepted"], verdict["quarantined"]) == (31, 30, 1)
     assert verdict["failed_rules"] == {"user_id_missing": 1}
 
@@ -42,6 +42,40 @@ def test_validate_exits_2_on_usage_errors(shoprec_home, tmp_path):
     assert runner.invoke(app, ["validate", str(path), "--as-of", "next tuesday"]).exit_code == 2
     assert runner.invoke(app, ["validate"]).exit_code == 2
     assert runner.invoke(app, ["validate", str(path), "--bogus"]).exit_code == 2
+
+
+def test_validate_of_a_missing_file_is_one_line_and_exit_2(shoprec_home, tmp_path):
+    # It printed two chained tracebacks (64 lines) and exited 1.
+    result = runner.invoke(app, ["validate", str(tmp_path / "no-such-file.csv")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"{tmp_path / 'no-such-file.csv'}: no such file"
+    assert not shoprec_home.home.exists()  # nothing written
+
+
+def test_validate_is_a_dry_run_and_ingest_path_takes_the_file_in(shoprec_home, tmp_path):
+    from core.layout import Layout
+
+    layout = Layout(shoprec_home.home)
+    path = write(tmp_path / "drop.csv", batch([{}] * 30 + [{"user_id": ""}]))
+    checked = runner.invoke(app, ["validate", str(path), "--as-of", "2024-01-02T00:00:00Z"])
+    assert checked.exit_code == 0 and json.loads(checked.stdout)["quarantined"] == 1
+    # Checking a file used to write its verdict into the ledger, the lake and quarantine.
+    assert not any(p.exists() for p in (layout.gate, layout.events, layout.quarantine, layout.landing))
+
+    taken = runner.invoke(app, ["ingest", str(path), "--as-of", "2024-01-02T00:00:00Z"])
+    assert taken.exit_code == 0, taken.output
+    assert "landed as" in taken.output and (layout.landing / "drop.csv").read_bytes() == path.read_bytes()
+    assert taken.output.strip().splitlines()[-1].split() == ["total", "31", "30", "1"]
+    # The same bytes again, under another name, are the batch already taken in.
+    again = write(tmp_path / "copy" / "resent.csv", batch([{}] * 30 + [{"user_id": ""}]))
+    resent = runner.invoke(app, ["ingest", str(again)])
+    assert resent.exit_code == 0 and "already landed as drop.csv" in resent.output
+    assert resent.output.strip().splitlines()[-1].split() == ["total", "31", "30", "1"]
+    # Other bytes under a landed name are refused: the landing zone keeps batches exactly as received.
+    other = write(tmp_path / "other" / "drop.csv", batch([{"item_id": "i2"}]))
+    refused = runner.invoke(app, ["ingest", str(other)])
+    assert refused.exit_code == 2 and "rename the file" in refused.output
+    assert runner.invoke(app, ["ingest", str(tmp_path / "missing.csv")]).exit_code == 2
 
 
 def test_validate_judges_at_the_wall_clock_by_default(shoprec_home, tmp_path):
@@ -92,3 +126,11 @@ def test_features_build_materialize_and_read(shoprec_home):
     )
     bad = runner.invoke(app, ["features", "read", user, item, "--as-of", "soon"])
     assert bad.exit_code == 2
+
+    # A user_history row is three 500-element arrays: shown as a length and the first few, unless --full.
+    history = answer["user"]["user_history__history_items"]
+    assert set(history) == {"length", "first"} and len(history["first"]) == 5 and history["length"] > 5
+    assert len(read.stdout.splitlines()) < 200
+    full = json.loads(runner.invoke(app, ["features", "read", user, item, "--full"]).stdout)
+    assert len(full["user"]["user_history__history_items"]) == history["length"]
+    assert full["user"]["user_history__history_items"][:5] == history["first"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from core.contract import LAKE_COLUMNS
-from core.layout import Layout, write_json, write_parquet
+from core.layout import Layout, manifest_of, write_json, write_parquet
 from ingest import synthetic
 from ingest.replay import to_bytes
 from tests.conftest import batch
@@ -49,7 +49,7 @@ def test_clean_batch_is_accepted_into_date_partitions(layout, settings):
     assert partitions == ["event_date=2023-12-31", "event_date=2024-01-01"]
     stored = lake(layout)
     assert list(stored.columns) == list(LAKE_COLUMNS)
-    assert set(stored["batch_id"]) == {"b1"}
+    assert set(stored["batch_id"]) == {result.batch_id} and result.batch_id.startswith("b1-")
     assert str(stored["event_timestamp"].dt.tz) == "UTC"
 
 
@@ -79,7 +79,7 @@ def test_each_rule_quarantines_its_row_with_its_reason(layout, settings, row, ru
     assert result.status == "accepted"
     assert (result.accepted, result.quarantined) == (30, 1)
     assert result.failed_rules == {rule: 1}
-    bad = quarantine(layout, "b1")
+    bad = quarantine(layout, result.batch_id)
     assert list(bad["reason"]) == [rule]
     assert list(bad["row"]) == [31]  # the row's position in the batch, so it can be found and fixed
     assert len(lake(layout)) == 30
@@ -87,8 +87,8 @@ def test_each_rule_quarantines_its_row_with_its_reason(layout, settings, row, ru
 
 def test_a_row_breaking_several_rules_lists_them_all(layout, settings):
     frame = batch([{} for _ in range(30)] + [{"user_id": "", "event_type": "zap", "quantity": "-2"}])
-    run_gate(land(layout, "b1", frame), layout, settings, as_of=AS_OF)
-    (reason,) = quarantine(layout, "b1")["reason"]
+    result = run_gate(land(layout, "b1", frame), layout, settings, as_of=AS_OF)
+    (reason,) = quarantine(layout, result.batch_id)["reason"]
     assert set(reason.split(";")) == {"user_id_missing", "event_type_unknown", "quantity_not_positive"}
 
 
@@ -106,7 +106,7 @@ def test_missing_required_column_fails_loudly_and_writes_nothing_to_the_lake(lay
     assert "\n" not in result.reason
     assert (result.received, result.accepted, result.quarantined) == (2, 0, 2)
     assert not layout.events.exists()
-    assert (layout.quarantine / "b1.raw.csv").read_bytes() == path.read_bytes()
+    assert (layout.quarantine / f"{result.batch_id}.raw.csv").read_bytes() == path.read_bytes()
 
 
 def test_wrong_encoding_fails_loudly(layout, settings):
@@ -116,7 +116,7 @@ def test_wrong_encoding_fails_loudly(layout, settings):
     path.write_bytes(text.encode("latin-1"))
     result = run_gate(path, layout, settings, as_of=AS_OF)
     assert result.status == "failed" and "not UTF-8" in result.reason
-    assert (layout.quarantine / "latin.raw.csv").exists()
+    assert (layout.quarantine / f"{result.batch_id}.raw.csv").exists()
 
 
 def test_truncated_parquet_fails_loudly(layout, settings):
@@ -127,14 +127,66 @@ def test_truncated_parquet_fails_loudly(layout, settings):
     assert result.status == "failed" and "not readable as parquet" in result.reason
 
 
-def test_empty_batches_are_accepted_with_zero_rows(layout, settings):
-    header_only = land(layout, "header", batch([{}]).iloc[:0])
-    zero_bytes = layout.landing / "nothing.csv"
-    zero_bytes.touch()
-    for path in (header_only, zero_bytes):
-        result = run_gate(path, layout, settings, as_of=AS_OF)
-        assert (result.status, result.received, result.accepted, result.quarantined) == ("accepted", 0, 0, 0)
+def test_a_header_only_batch_is_accepted_empty(layout, settings):
+    result = run_gate(land(layout, "header", batch([{}]).iloc[:0]), layout, settings, as_of=AS_OF)
+    assert (result.status, result.received, result.accepted, result.quarantined) == ("accepted", 0, 0, 0)
     assert not layout.events.exists()
+
+
+@pytest.mark.parametrize("name", ["nothing.csv", "nothing.parquet"])
+def test_a_zero_byte_file_is_not_the_contract(layout, settings, name):
+    # It was "accepted" with 0 rows: without even a header nothing says these are the contract's columns.
+    path = layout.landing / name
+    path.parent.mkdir(parents=True)
+    path.touch()
+    result = run_gate(path, layout, settings, as_of=AS_OF)
+    assert result.status == "failed" and "empty file" in result.reason
+    assert (result.received, result.accepted, result.quarantined) == (0, 0, 0)
+    assert (layout.quarantine / f"{result.batch_id}.raw{path.suffix}").exists() and not layout.events.exists()
+
+
+def test_an_empty_batch_never_moves_the_shops_clock(layout, settings):
+    from core.layout import lake_as_of
+
+    first = run_gate(land(layout, "b1", batch([{}])), layout, settings, as_of=AS_OF)
+    assert first.moves_clock and lake_as_of(layout) == pd.Timestamp(AS_OF)
+    # Checked against the wall clock, an empty batch pulled a replayed shop into today: every feature read stale.
+    empty = run_gate(land(layout, "empty", batch([{}]).iloc[:0]), layout, settings)
+    assert empty.status == "accepted" and not empty.moves_clock
+    assert lake_as_of(layout) == pd.Timestamp(AS_OF)
+
+
+def test_a_logical_time_far_from_the_lakes_is_flagged_and_does_not_move_the_clock(layout, settings):
+    from core.layout import lake_as_of
+
+    run_gate(land(layout, "b1", batch([{}])), layout, settings, as_of=AS_OF)
+    # Events of 2024-01-10 judged as of 2024-01-11: the lake says 2024-01-02, nine days earlier (retention 2 days).
+    later = batch([{"event_timestamp": "2024-01-10T12:00:00Z", "event_id": "late"}])
+    far = run_gate(land(layout, "far", later), layout, settings, as_of="2024-01-11T00:00:00Z")
+    assert (far.status, far.accepted) == ("accepted", 1)  # the rows are fine; only the clock is doubtful
+    assert far.flagged["logical_time_implausible"] == 1 and "retention window" in far.warning
+    assert not far.moves_clock and lake_as_of(layout) == pd.Timestamp(AS_OF)
+    # A day later is ordinary trading: it moves the clock.
+    next_day = batch([{"event_timestamp": "2024-01-02T12:00:00Z", "event_id": "next"}])
+    near = run_gate(land(layout, "next", next_day), layout, settings, as_of="2024-01-03T00:00:00Z")
+    assert near.moves_clock and near.warning is None and lake_as_of(layout) == pd.Timestamp("2024-01-03T00:00:00Z")
+
+
+def test_files_sharing_a_stem_are_two_batches_and_both_are_judged(layout, settings):
+    # drop.csv and drop.parquet shared the id "drop": one was judged, the other skipped for good, its rows in
+    # neither the lake nor quarantine.
+    frame = batch([{}, {}])
+    land(layout, "drop", frame)
+    (layout.landing / "drop.parquet").write_bytes(to_bytes(frame.assign(event_id=["p0", "p1"],
+                                                  event_timestamp=pd.Timestamp("2024-01-01T12:00:00Z")), "parquet"))  # fmt: skip
+    pending = pending_batches(layout)
+    assert len(pending) == 2
+    results = [run_gate(p, layout, settings, as_of=AS_OF) for p in pending]
+    assert len({r.batch_id for r in results}) == 2 and sum(r.accepted for r in results) == len(lake(layout)) == 4
+    assert pending_batches(layout) == []
+    # The same bytes again under another name are the batch already judged, not a new one.
+    (layout.landing / "drop-again.csv").write_bytes((layout.landing / "drop.csv").read_bytes())
+    assert pending_batches(layout) == []
 
 
 def test_too_many_bad_rows_fail_the_batch_and_keep_every_row(layout, settings):
@@ -144,7 +196,7 @@ def test_too_many_bad_rows_fail_the_batch_and_keep_every_row(layout, settings):
     assert "2 of 10 rows (20.0%)" in result.reason and "user_id_missing (2)" in result.reason
     assert (result.accepted, result.quarantined) == (0, 10)
     assert not layout.events.exists()
-    kept = quarantine(layout, "b1")
+    kept = quarantine(layout, result.batch_id)
     assert list(kept["reason"]).count("batch_failed") == 8
     assert list(kept["reason"]).count("user_id_missing") == 2
 
@@ -214,7 +266,7 @@ def test_time_rules_follow_the_batch_logical_time_not_the_clock(layout, settings
 def test_manifest_gives_the_logical_interval(layout, settings):
     frame = batch([{"event_timestamp": "2024-01-01T00:00:01Z"}, {"event_timestamp": "2024-01-07T23:00:00Z"}])
     path = land(layout, "week", frame)
-    write_json(layout.manifest("week"), {"interval_start": "2024-01-01T00:00:00Z", "as_of": "2024-01-08T00:00:00Z"})
+    write_json(manifest_of(path), {"interval_start": "2024-01-01T00:00:00Z", "as_of": "2024-01-08T00:00:00Z"})
     result = run_gate(path, layout, settings)
     assert (result.status, result.accepted) == ("accepted", 2)
     assert result.interval_start.startswith("2024-01-01") and result.as_of.startswith("2024-01-08")
@@ -222,7 +274,7 @@ def test_manifest_gives_the_logical_interval(layout, settings):
 
 def test_pending_batches_are_the_unjudged_ones_in_id_order(layout, settings):
     for name in ("b2", "b1", "b3"):
-        land(layout, name, batch([{}]))
+        land(layout, name, batch([{"event_id": name}]))
     assert [p.stem for p in pending_batches(layout)] == ["b1", "b2", "b3"]
     run_gate(layout.landing / "b2.csv", layout, settings, as_of=AS_OF)
     assert [p.stem for p in pending_batches(layout)] == ["b1", "b3"]
@@ -239,7 +291,7 @@ def test_a_csv_cut_mid_line_quarantines_the_cut_row_and_keeps_the_rest(layout, s
     path.write_text("\n".join([*lines, ",".join(last.split(",")[:3])]))  # the last line stops after item_id
     result = run_gate(path, layout, settings, as_of=AS_OF)
     assert (result.status, result.received, result.accepted, result.quarantined) == ("accepted", 30, 29, 1)
-    assert quarantine(layout, "cut")["row"].tolist() == [30]
+    assert quarantine(layout, result.batch_id)["row"].tolist() == [30]
 
 
 def test_a_batch_spanning_days_puts_each_event_in_its_own_day_once(layout, settings):
@@ -247,5 +299,5 @@ def test_a_batch_spanning_days_puts_each_event_in_its_own_day_once(layout, setti
     result = run_gate(land(layout, "b1", batch([{"event_timestamp": t} for t in days])), layout, settings, as_of=AS_OF)
     stored = lake(layout)
     assert result.accepted == 3 and sorted(stored["event_id"]) == ["e0", "e1", "e2"]
-    assert sorted(p.parent.name for p in layout.events.glob("*/b1.parquet")) == [
+    assert sorted(p.parent.name for p in layout.events.glob(f"*/{result.batch_id}.parquet")) == [
         "event_date=2023-12-31", "event_date=2024-01-01"]  # fmt: skip
