@@ -113,16 +113,18 @@ def manifest_of(path: Path) -> Path:
     return path.with_name(f"{path.name}.manifest.json")
 
 
-def lake_as_of(layout: Layout):
+def lake_as_of(layout: Layout, flagged_too: bool = False):
     """The shop's logical time: the newest end of an accepted batch that moved the clock, or None.
 
     A batch moves it only when it brought events and its time was plausible (the gate says so in `moves_clock`):
     an empty batch judged at the wall clock must not pull a replayed 2011 shop into today and turn every feature
-    stale.
+    stale. flagged_too: count accepted batches with events whose time was flagged as well (what the gate compares a
+    new batch with, so a second batch can confirm a jump one batch alone may not make).
     """
     import pandas as pd
 
-    ends = [r["as_of"] for r in layout.accepted_records() if r.get("moves_clock", r.get("accepted", 0) > 0)]
+    ends = [r["as_of"] for r in layout.accepted_records()
+            if r.get("moves_clock", r.get("accepted", 0) > 0) or (flagged_too and r.get("accepted", 0) > 0)]  # fmt: skip
     return max(pd.Timestamp(t) for t in ends) if ends else None
 
 

@@ -46,10 +46,10 @@ def ingest_events():
         from airflow.sdk.exceptions import AirflowFailException
 
         from core.layout import Layout
-        from validation.gate import run_gate
+        from validation.gate import judge_in_order
 
         logical_time = context.get("data_interval_end") or context.get("logical_date")
-        result = run_gate(Path(path), Layout(settings.home), settings, fallback_as_of=logical_time)
+        result = judge_in_order(Path(path), Layout(settings.home), settings, fallback_as_of=logical_time)
         if result.status == "failed":
             raise AirflowFailException(result.reason)  # the verdict is final: a retry would reach the same one
         return result.to_dict()

@@ -150,7 +150,7 @@ def judge(path: Path, layout: Layout, settings: Settings, as_of=None, fallback_a
         quarantined = quarantined.reset_index(drop=True)
     accepted = events[~rejected.to_numpy()]
     flagged = {rule: int(n) for rule, n in flags.items() if n}
-    warning = _implausible_time(start, when, lake_as_of(layout), settings) if len(accepted) else None
+    warning = _implausible_time(start, when, lake_as_of(layout, flagged_too=True), settings) if len(accepted) else None
     if warning:
         flagged[CLOCK_FLAG] = len(accepted)
     result = GateResult(batch_id, status, len(raw), len(accepted), int(rejected.sum()), failed_rules, flagged,
@@ -181,18 +181,40 @@ def run_gate(path: Path, layout: Layout, settings: Settings, as_of=None, fallbac
 
 
 def _implausible_time(start, end, clock: pd.Timestamp | None, settings: Settings) -> str | None:
-    """Why a batch's logical interval must not move the shop's clock, or None. An interval that starts more than the
-    retention window after the lake's time, or ends more than that before it, is a wrong clock (a file judged at
-    the wall clock in a replayed shop), not a day of trading; a month-long batch that starts where the lake ends is
-    fine."""
+    """Why a batch's logical interval must not move the shop's clock, or None.
+
+    clock is the latest delivery the lake has (flagged ones too). An interval that starts further after it than the
+    retention window, or than the batch's own length (a week-long batch after a week without trading is ordinary),
+    is a wrong clock: a file judged at the wall clock in a replayed shop. Its rows are accepted, the clock stays;
+    a next batch that carries on from it is plausible again, so a real jump (a shop going live after a replay)
+    takes two consistent batches, never one silent one. Batches from the past never move the clock forward.
+    """
     if clock is None:
         return None
-    gap = start - clock if start > clock else clock - end
-    if gap <= settings.max_event_age:
+    gap, allowed = start - clock, max(settings.max_event_age, end - start)
+    if gap <= allowed:
         return None
-    return (f"logical interval {start.isoformat()} to {end.isoformat()} is {gap} from the lake's time "
-            f"{clock.isoformat()}, beyond the {settings.max_event_age} retention window: its rows are accepted, but "
-            "the shop's clock stays where it was")  # fmt: skip
+    return (f"logical interval {start.isoformat()} to {end.isoformat()} starts {gap} after the lake's latest "
+            f"delivery {clock.isoformat()}, beyond the {allowed} allowed: its rows are accepted, but the shop's clock "
+            "stays where it was until a batch carries on from this one")  # fmt: skip
+
+
+def judge_in_order(path: Path, layout: Layout, settings: Settings, fallback_as_of=None) -> GateResult:
+    """The verdict of one landed batch, judging every pending batch landed before it first.
+
+    Batches must be judged oldest first (a re-sent event is a duplicate of the earlier one; the shop's clock moves
+    forward), and Airflow runs mapped tasks in no promised order: each task catches up on the batches before its
+    own, so the verdicts are the same whatever order the tasks run in. A batch an earlier task already judged
+    keeps its recorded verdict.
+    """
+    for earlier in pending_batches(layout):
+        if earlier.name >= path.name:
+            break
+        run_gate(earlier, layout, settings, fallback_as_of=fallback_as_of)
+    recorded = layout.gate_record(batch_id_of(path))
+    if recorded.exists():
+        return GateResult(**read_json(recorded))
+    return run_gate(path, layout, settings, fallback_as_of=fallback_as_of)
 
 
 def read_batch(path: Path) -> pd.DataFrame:
