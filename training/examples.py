@@ -20,11 +20,14 @@ RANKER_SERVICE = "ranker_v1"
 EVENT_TYPE_CODES = {"view": 0, "add_to_cart": 1, "purchase": 2, "impression": 3, "click": 4}
 
 
-def item_table(store: FeatureStore, item_ids, as_of, config: TwoTowerConfig, trained_ids) -> ItemTable:
-    """Catalog features of item_ids as of as_of; items the catalog lacks get empty features (zeros)."""
+def item_table(store: FeatureStore, item_ids, as_of, config: TwoTowerConfig, trained_ids,
+               joined: pd.DataFrame | None = None) -> ItemTable:  # fmt: skip
+    """Catalog features of item_ids as of as_of; items the catalog lacks get empty features (zeros). joined: the
+    two_tower_v1 item rows of item_ids, in order, where the caller already has them (Retrieval.features)."""
     ids = np.asarray(item_ids, dtype=object)
-    rows = pd.DataFrame({"item_id": ids, "event_timestamp": as_of})
-    joined = entity_features(store, rows, TWO_TOWER_SERVICE, "item_id").set_index("item_id").reindex(ids)
+    if joined is None:
+        rows = pd.DataFrame({"item_id": ids, "event_timestamp": as_of})
+        joined = entity_features(store, rows, TWO_TOWER_SERVICE, "item_id").set_index("item_id").reindex(ids)
     category = joined["item_catalog__category"]
     price = pd.to_numeric(joined["item_catalog__price"], errors="coerce").to_numpy(np.float64)
     texts = np.zeros((len(ids), config.text_dim), np.float32)

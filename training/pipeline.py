@@ -13,12 +13,13 @@ them as one more view of the candidate (training/item_similarity.py).
 
 import copy
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from core.contract import EVENT_WEIGHTS, as_utc
 from features.build import HISTORY_LENGTH
@@ -71,18 +72,38 @@ class Retrieval:
     #                                  03:51 reads the next midnight's snapshot, and without `now` every age would
     #                                  be 20 hours older than at the label windows, which start at their as_of
 
+    _joined: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # (service, key) -> the
+    #                   features joined so far, indexed by id. Every join reads the same store as of as_of, so an
+    #                   id's row never changes: each id is joined once, not once per scoring call (evaluation scores
+    #                   users in chunks against the same items, target after target). Not carried by replace().
+
     @property
     def scored_at(self) -> pd.Timestamp:
         return self.as_of if self.now is None else self.now
 
+    def features(self, service: str, key: str, ids) -> pd.DataFrame:
+        """The service's features of one entity (key: user_id or item_id) as of as_of, one row per id in order
+        (ids may repeat), indexed by id; only the ids not joined before go to the store."""
+        ids = pd.Index(np.asarray(ids, dtype=object))
+        cached = self._joined.get((service, key))
+        missing = ids.unique() if cached is None else ids.unique().difference(cached.index, sort=False)
+        if len(missing):
+            # Users at their day's midnight, as user_features joins them (exact: rows are stamped at midnight).
+            as_of = self.as_of.floor("D") if key == "user_id" else self.as_of
+            rows = pd.DataFrame({key: missing.to_numpy(object), "event_timestamp": as_of})
+            fresh = entity_features(self.store, rows, service, key).drop(columns="event_timestamp").set_index(key)
+            cached = fresh if cached is None else pd.concat([cached, fresh])
+            self._joined[(service, key)] = cached
+        return cached.reindex(ids)
+
     def users(self, user_ids) -> np.ndarray:
-        joined = user_features(self.store, user_ids, [self.as_of] * len(user_ids), TWO_TOWER_SERVICE)
+        joined = self.features(TWO_TOWER_SERVICE, "user_id", user_ids)
         return user_vectors(self.model, user_inputs(joined, self.model.config))
 
     def items(self, item_ids) -> np.ndarray:
-        return item_vectors(
-            self.model, item_table(self.store, item_ids, self.as_of, self.model.config, self.trained_ids)
-        )
+        joined = self.features(TWO_TOWER_SERVICE, "item_id", item_ids)
+        return item_vectors(self.model, item_table(self.store, item_ids, self.as_of, self.model.config,
+                                                   self.trained_ids, joined))  # fmt: skip
 
 
 def fit_retrieval(store, train: pd.DataFrame, as_of: pd.Timestamp, config: TwoTowerConfig, device="auto",
@@ -185,7 +206,9 @@ class TwoTowerRecommender:
         two-tower, fitted on the events before the oldest, scores them all."""
         cache = self.work_dir / EMBEDDING_CACHE
         windows = []
-        for number, (earlier, labels, cut) in enumerate(self._label_splits(by_time(train))):
+        splits = self._label_splits(by_time(train))
+        bar = tqdm(splits, desc="label window stores", unit="window", disable=not self.progress)
+        for number, (earlier, labels, cut) in enumerate(bar):
             store, _ = store_for_events(earlier, catalog, self.work_dir / f"before_labels_{number}", cut, cache)
             windows.append((earlier, labels, cut, store))
         *newer, (earlier, _, cut, store) = windows
@@ -294,7 +317,7 @@ def candidate_features(retrieval: Retrieval, users, items, vectors: np.ndarray, 
     """(candidates, their RANKER_FEATURES): per user the n best items by retrieval score and every item of their
     own history (as positions into users and items), read through ranker_v1 as of the retrieval's time. vectors
     are the items' two-tower vectors (already computed for the scores, so not embedded again)."""
-    history = user_features(retrieval.store, users, [retrieval.as_of] * len(users), RANKER_SERVICE)
+    history = retrieval.features(RANKER_SERVICE, "user_id", users).reset_index(drop=True)
     past = _history_frame(history)
     n = min(n, scores.shape[1])
     top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
@@ -311,7 +334,7 @@ def candidate_features(retrieval: Retrieval, users, items, vectors: np.ndarray, 
     similarity = _history_similarity(retrieval, items, vectors, past, frame)
     frame["history_max_similarity"], frame["history_mean_similarity"] = similarity
     frame["ease_score"] = retrieval.similarity.scores(past, frame)
-    return frame, _ranker_features(retrieval.store, retrieval.as_of, retrieval.scored_at, history, past, frame)
+    return frame, _ranker_features(retrieval, history, past, frame)
 
 
 def _history_similarity(retrieval: Retrieval, items, vectors: np.ndarray, past: pd.DataFrame, frame: pd.DataFrame):
@@ -349,10 +372,11 @@ def _as_array(value, dtype) -> np.ndarray:
     return np.asarray([] if value is None or isinstance(value, float) else value, dtype=dtype)
 
 
-def _ranker_features(store, as_of: pd.Timestamp, now: pd.Timestamp, history: pd.DataFrame, past: pd.DataFrame,
-                     frame) -> np.ndarray:  # fmt: skip
+def _ranker_features(retrieval: Retrieval, history: pd.DataFrame, past: pd.DataFrame, frame) -> np.ndarray:
     """RANKER_FEATURES per candidate row, from the ranker_v1 user rows (history), their exploded events (past),
-    item rows as of as_of, and the retrieval columns; ages count from now (<= as_of, the snapshot's midnight)."""
+    item rows as of the retrieval's as_of, and the retrieval columns; ages count from its scored_at (<= as_of,
+    the snapshot's midnight)."""
+    as_of, now = retrieval.as_of, retrieval.scored_at
     past = past.assign(views=past["type"] == 0, carts=past["type"] == 1, purchases=past["type"] == 2)
     pairs = past.groupby(["user", "item_id"]).agg(
         views=("views", "sum"), carts=("carts", "sum"), purchases=("purchases", "sum"), last=("time", "max"),
@@ -362,10 +386,7 @@ def _ranker_features(store, as_of: pd.Timestamp, now: pd.Timestamp, history: pd.
     views, carts, purchases = (own[kind].fillna(0).to_numpy(np.float64) for kind in ("views", "carts", "purchases"))
     now_s = now.value // 10**9
     ahead_s = (as_of - now).total_seconds()  # the snapshot's ages count from as_of: take back the time after now
-    items = frame["item_id"].unique()
-    item_rows = pd.DataFrame({"item_id": items, "event_timestamp": as_of})
-    item_features = entity_features(store, item_rows, RANKER_SERVICE, "item_id").set_index("item_id")
-    item_features = item_features.reindex(frame["item_id"])
+    item_features = retrieval.features(RANKER_SERVICE, "item_id", frame["item_id"].unique()).reindex(frame["item_id"])
     user_numbers = history.reindex(frame["user"].to_numpy())
 
     def number(frame_, column):
@@ -409,12 +430,12 @@ def _ranker_features(store, as_of: pd.Timestamp, now: pd.Timestamp, history: pd.
 
 def fit_ranker(windows: list[LabelWindow], config: RankerConfig, device="auto", progress=True):
     """Candidates of the users each label window saw, labelled by what they did in it; then multi-task BCE."""
-    examples, mean, std = ranker_examples(windows, config)
+    examples, mean, std = ranker_examples(windows, config, progress)
     model, report = train_ranker(examples, config, device=device, progress=progress)
     return FittedRanker(model.cpu(), mean, std, config, report)
 
 
-def ranker_examples(windows: list[LabelWindow], config: RankerConfig):
+def ranker_examples(windows: list[LabelWindow], config: RankerConfig, progress=False):
     """(RankerExamples standardised, feature means, feature stds): every label window's candidates and labels.
 
     The interact head learns from every user the window saw. The add_to_cart and purchase heads learn only from
@@ -424,7 +445,9 @@ def ranker_examples(windows: list[LabelWindow], config: RankerConfig):
     recall@20 0.222 -> 0.231, ranker retrained three times on the same candidates)."""
     if not any(len(window.labels) for window in windows):
         raise ValueError("the label windows hold no event: nothing to learn a ranker from")
-    parts = [_window_examples(window, config) for window in windows if len(window.labels)]
+    labelled = [window for window in windows if len(window.labels)]
+    bar = tqdm(labelled, desc="ranker candidates", unit="window", disable=not progress)
+    parts = [_window_examples(window, config) for window in bar]
     features, labels, known = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
     mean, std = features.mean(0), features.std(0) + 1e-6
     return RankerExamples((features - mean) / std, labels, known), mean, std

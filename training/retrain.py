@@ -13,6 +13,7 @@ What is evaluated is what is published: the artefact trained on events before th
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from training import publish as model_store
 from training.baselines import Popularity
 from training.config import preset
 from training.evaluate import evaluate_target
+from training.offline_store import EMBEDDING_CACHE
 from training.pipeline import TwoTowerRecommender
 from training.protocols import Split, main_target, targets, temporal_split
 
@@ -61,6 +63,12 @@ def prepare(settings: Settings, run_id: str, preset_name: str = "full") -> dict:
 
 def train_retrieval(settings: Settings, run_id: str, device: str = "auto") -> dict:
     folder, split, info = _load(settings, run_id)
+    # The lake's feature build already embedded the catalog's texts (keyed by text, same model): starting the run's
+    # cache from it saves embedding them again (20 s of the tiny retrain on Online Retail).
+    lake_cache, run_cache = Layout(settings.home).features / EMBEDDING_CACHE, folder / "work" / EMBEDDING_CACHE
+    if lake_cache.exists() and not run_cache.exists():
+        run_cache.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(lake_cache, run_cache)
     recommender = _recommender(folder, info, device).fit_retrieval(split.train, split.catalog, split.cutoff)
     artefact.save(recommender, folder / "artefact", {"data_window": info["data_window"], "cutoff": info["cutoff"]})
     return {"report": recommender.retrieval.report.__dict__}

@@ -67,6 +67,13 @@ class TrainReport:
         self.examples_per_s = self.examples / max(float(np.median(self.epoch_seconds or [0.0])), 1e-9)
 
 
+def _adamw(model: torch.nn.Module, config: TwoTowerConfig | RankerConfig) -> torch.optim.AdamW:
+    # foreach: one multi-tensor kernel per update term instead of one per parameter. torch picks it only on CUDA;
+    # on the CPU the per-parameter loop cost the tiny two-tower a quarter of its training time (its steps are
+    # small, so dispatch dominates), and the update is the same to the bit (a test compares them).
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+
+
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -88,7 +95,7 @@ def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="aut
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed)
     model = TwoTower(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _adamw(model, config)
 
     train_idx, valid_idx = held_out(data.order, valid_share)
     n_valid = len(valid_idx)
@@ -241,7 +248,7 @@ def train_ranker(data: RankerExamples, config: RankerConfig, device="auto", prog
         rates = (data.labels * data.known).sum(0) / np.maximum(data.known.sum(0), 1)
         rates = np.clip(rates, 1e-4, 1 - 1e-4)
         model.heads.bias.copy_(torch.as_tensor(np.log(rates / (1 - rates))))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _adamw(model, config)
     weights = torch.as_tensor([config.task_weights[t] for t in Ranker.TASKS], dtype=torch.float32, device=device)
     features, labels, known = (torch.as_tensor(a, device=device) for a in (data.features, data.labels, data.known))
     report = TrainReport(device=str(device), examples=len(features), epochs=0, seconds=0.0, examples_per_s=0.0)

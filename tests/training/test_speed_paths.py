@@ -1,0 +1,86 @@
+"""Where retraining was made faster, the fast path gives what the slow one gave: the retrieval's joins, each id
+joined once, equal the per-call joins row for row; the multi-tensor AdamW trains the same weights to the bit."""
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from features.training_sets import entity_features
+from tests.training.conftest import tasteful_shop
+from training import train as training_loop
+from training.examples import RANKER_SERVICE, TWO_TOWER_SERVICE, item_table, user_features
+from training.pipeline import TwoTowerRecommender, retrieval_examples
+from training.train import train_two_tower
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    events, catalog = tasteful_shop()
+    model = TwoTowerRecommender(preset_name="tiny", work_dir=tmp_path_factory.mktemp("fit"), progress=False)
+    return model.fit_retrieval(events, catalog, events["event_timestamp"].max()), events
+
+
+def _same(fast: pd.DataFrame, slow: pd.DataFrame) -> None:
+    """Equal column by column, list features element by element (a missing row is None or NaN in either)."""
+    assert list(fast.columns) == list(slow.columns) and len(fast) == len(slow)
+    for column in slow.columns:
+        for a, b in zip(fast[column].to_numpy(), slow[column].to_numpy(), strict=True):
+            if isinstance(b, (list, np.ndarray)):
+                assert list(a) == list(b), column
+            else:
+                assert (pd.isna(a) and pd.isna(b)) or a == b, (column, a, b)
+
+
+def test_joins_each_id_once_equal_the_per_call_joins_row_for_row(fitted):
+    model, events = fitted
+    retrieval = replace(model.retrieval)  # a fresh cache
+    users = np.sort(events["user_id"].unique()).astype(object)
+    items = np.sort(events["item_id"].unique()).astype(object)
+    as_of = retrieval.as_of
+    for service in (TWO_TOWER_SERVICE, RANKER_SERVICE):
+        # Asked in overlapping pieces, with repeats and an unknown id: the later calls join only what is new.
+        first = retrieval.features(service, "user_id", users[:40])
+        asked = np.concatenate([users[20:], users[:5], ["nobody"]]).astype(object)
+        fast = retrieval.features(service, "user_id", asked).reset_index(drop=True)
+        slow = user_features(retrieval.store, asked, [as_of] * len(asked), service)
+        _same(first.reset_index(drop=True), user_features(retrieval.store, users[:40], [as_of] * 40, service)[
+            list(first.columns)])  # fmt: skip
+        _same(fast, slow[list(fast.columns)])
+        picked = np.concatenate([items[::2], items[:7], ["never-seen"]]).astype(object)
+        retrieval.features(service, "item_id", items[:10])
+        fast = retrieval.features(service, "item_id", picked)
+        rows = pd.DataFrame({"item_id": picked, "event_timestamp": as_of})
+        slow = entity_features(retrieval.store, rows, service, "item_id").set_index("item_id").reindex(picked)
+        _same(fast.reset_index(drop=True), slow[list(fast.columns)].reset_index(drop=True))
+    # What the models read from them is the same too.
+    slow_table = item_table(retrieval.store, picked, as_of, retrieval.model.config, retrieval.trained_ids)
+    np.testing.assert_array_equal(replace(model.retrieval).items(picked), retrieval.items(picked))
+    joined = retrieval.features(TWO_TOWER_SERVICE, "item_id", picked)
+    fast_table = item_table(retrieval.store, picked, as_of, retrieval.model.config, retrieval.trained_ids, joined)
+    for name in ("id_buckets", "categories", "prices", "texts", "trained"):
+        np.testing.assert_array_equal(getattr(fast_table, name), getattr(slow_table, name))
+
+
+def test_a_copy_for_another_store_or_time_starts_with_no_joins(fitted):
+    model, _ = fitted
+    retrieval = model.retrieval
+    retrieval.features(TWO_TOWER_SERVICE, "user_id", ["u0-1"])
+    assert retrieval._joined and not replace(retrieval, as_of=retrieval.as_of - pd.Timedelta("1D"))._joined
+
+
+def test_the_multi_tensor_adamw_trains_the_same_weights_as_the_per_parameter_one(fitted, monkeypatch):
+    model, events = fitted
+    examples, config, _ = retrieval_examples(model.retrieval.store, events, model.retrieval.as_of, model.config)
+    config = replace(config, epochs=2, max_epoch_examples=2000)
+    fast, _ = train_two_tower(examples, config, device="cpu", progress=False)
+
+    def per_parameter(model_, config_):
+        return torch.optim.AdamW(model_.parameters(), lr=config_.lr, weight_decay=config_.weight_decay, foreach=False)
+
+    monkeypatch.setattr(training_loop, "_adamw", per_parameter)
+    slow, _ = train_two_tower(examples, config, device="cpu", progress=False)
+    for (name, a), b in zip(fast.state_dict().items(), slow.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
