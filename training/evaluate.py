@@ -182,8 +182,8 @@ class RankedTwoTower:
         goal = targets(validation).get(target)
         if goal is None:  # nothing to tune on: the grid's first point, as tune() gives
             return _best(grid, [{**params, "recall@20": 0.0, "ndcg@20": 0.0} for params in grid_points(grid)])
-        model = self().fit_retrieval(validation.train, validation.catalog, validation.cutoff)
-        windows = model.label_windows(validation.train, validation.catalog)
+        model = self()
+        windows = model.fit_with_windows(validation.train, validation.catalog, validation.cutoff)
         for window in windows:  # candidate features once, at the largest count; smaller counts are cut from them
             window.candidates(max(grid.get("candidates", [model.ranker_config.candidates])))
         rows = []

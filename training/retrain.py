@@ -92,7 +92,7 @@ def embed_catalog(settings: Settings, run_id: str) -> dict:
 def train_ranker(settings: Settings, run_id: str, device: str = "auto") -> dict:
     folder, split, info = _load(settings, run_id)
     recommender = artefact.load(folder / "artefact", _store(folder))
-    recommender.work_dir, recommender.device = folder / "work", device
+    recommender.work_dir, recommender.device, recommender.progress = folder / "work", device, True
     recommender.ranker_config = preset(info["preset"])[1]
     recommender.fit_ranker(split.train, split.catalog)
     artefact.save(recommender, folder / "artefact", {k: v for k, v in artefact.describe(folder / "artefact").items()

@@ -168,6 +168,14 @@ def train_two_tower(data: RetrievalExamples, config: TwoTowerConfig, device="aut
     return model.eval(), report
 
 
+def train_two_tower_with_threads(threads: int, data: RetrievalExamples, config: TwoTowerConfig, device="auto"):
+    """train_two_tower on `threads` CPU threads, without a progress bar: how another process trains it while the
+    caller works on (TwoTowerRecommender.fit_with_windows)."""
+    torch.set_num_threads(threads)
+    model, report = train_two_tower(data, config, device=device, progress=False)
+    return model.cpu(), report
+
+
 def _user_batch(user_tensors, rows, targets, item_tensors, config: TwoTowerConfig) -> tuple:
     history_ids, history_types, numbers = (t[rows] for t in user_tensors)
     if config.history == "all_but_target":  # the user's other items: the target itself must not be an input

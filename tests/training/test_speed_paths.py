@@ -10,6 +10,7 @@ import torch
 
 from features.training_sets import entity_features
 from tests.training.conftest import tasteful_shop
+from training import pipeline
 from training import train as training_loop
 from training.examples import RANKER_SERVICE, TWO_TOWER_SERVICE, item_table, user_features
 from training.pipeline import TwoTowerRecommender, retrieval_examples
@@ -84,3 +85,25 @@ def test_the_multi_tensor_adamw_trains_the_same_weights_as_the_per_parameter_one
     slow, _ = train_two_tower(examples, config, device="cpu", progress=False)
     for (name, a), b in zip(fast.state_dict().items(), slow.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_the_main_two_tower_trained_in_a_second_process_is_the_one_trained_in_line(tmp_path, monkeypatch):
+    events, catalog = tasteful_shop()
+    cutoff = events["event_timestamp"].iloc[int(len(events) * 0.9)]
+    train = events[events["event_timestamp"] < cutoff]
+    fits = {}
+    for cores in (2, 1):  # 1: no core to spare, everything in line as before
+        monkeypatch.setattr(pipeline.os, "cpu_count", lambda cores=cores: cores)
+        model = TwoTowerRecommender(preset_name="tiny", with_ranker=True, work_dir=tmp_path / str(cores),
+                                    progress=False)  # fmt: skip
+        fits[cores] = model, model.fit_with_windows(train, catalog, cutoff)
+    (parallel, parallel_windows), (serial, serial_windows) = fits[2], fits[1]
+    for (name, a), b in zip(parallel.retrieval.model.state_dict().items(),
+                            serial.retrieval.model.state_dict().values(), strict=True):  # fmt: skip
+        assert torch.equal(a, b), name
+    assert parallel.retrieval.report.losses == serial.retrieval.report.losses
+    for fast, slow in zip(parallel_windows, serial_windows, strict=True):
+        _, fast_frame, fast_features = fast.candidates(10)
+        _, slow_frame, slow_features = slow.candidates(10)
+        pd.testing.assert_frame_equal(fast_frame, slow_frame)
+        np.testing.assert_array_equal(fast_features, slow_features)
