@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +45,26 @@ class Settings(BaseSettings):
         "embedded",
         description="Which feature_store.yaml under features/repo/environments/ to use: embedded (file registry, "
         "SQLite online store) or production (SQL registry on Postgres, Redis online store).",
+    )
+    serving_clock: Literal["wall", "shop"] = Field(
+        "wall",
+        description="What the recommendation service judges feature freshness against: the wall clock (a live "
+        "shop) or the shop's logical time, the newest accepted batch (a replayed shop, such as the demo's 2011 "
+        "data, whose every feature is stale by the wall clock).",
+    )
+    serving_port: int = Field(3000, ge=1, le=65535, description="Port of `shoprec serve`.")
+    serving_workers: int = Field(1, ge=1, description="Worker processes of the recommendation service.")
+    serving_threads: int = Field(
+        4, ge=1, description="Request threads per worker (sync endpoints run one at a time per thread)."
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, every endpoint of the recommendation service but /livez, /readyz and /metrics "
+        "needs it in an X-API-Key header (or Authorization: Bearer); unset, the service is open (development).",
+    )
+    max_request_bytes: int = Field(65_536, ge=1024, description="Largest request body the service reads (413 above).")
+    swap_poll_s: float = Field(
+        1.0, gt=0, description="How often each worker looks for a new champion or materialisation to swap in."
     )
     redis_url: str = Field("localhost:6379", description="Feast's Redis connection string (production).")
     feast_registry_url: str = Field(

@@ -58,12 +58,23 @@ class OnlineFeatures:
     def read(self, user_id: str, item_ids: list[str], as_of=None) -> OnlineRead:
         """as_of: the time freshness is judged at (default now; a replayed shop passes its logical time)."""
         now = as_utc(as_of if as_of is not None else "now")
+        user, user_status = self.read_user(user_id, now)
+        items, item_status = self.read_items(item_ids, now)
+        return OnlineRead(user, items, user_status, item_status)
+
+    def read_user(self, user_id: str, now: pd.Timestamp) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """One user's features (arrays of one row) and each user view's status at now."""
         user, user_status = {}, {}
         for view, names, kinds in self._views["user_id"]:
             ((stamp, values),) = self._read_rows(view, names, "user_id", [user_id])
             status = _statuses([stamp], view.ttl, now)[0]
             user_status[view.name] = status
             user.update(_columns(view.name, names, kinds, [values if status == FRESH else None]))
+        return user, user_status
+
+    def read_items(self, item_ids: list[str], now: pd.Timestamp) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Items' features (one row per id, in order) and each item view's per-item status at now; rows come from
+        the in-process cache, filled from the store for ids not seen since the last materialisation."""
         items, item_status = {}, {}
         self._check_version()
         for view, names, kinds in self._views["item_id"]:
@@ -76,7 +87,13 @@ class OnlineFeatures:
             item_status[view.name] = statuses
             fresh = [values if s == FRESH else None for (_, values), s in zip(rows, statuses, strict=True)]
             items.update(_columns(view.name, names, kinds, fresh))
-        return OnlineRead(user, items, user_status, item_status)
+        return items, item_status
+
+    @property
+    def cache_version(self):
+        """The materialisation the item cache holds (the mtime of feast/materialized.json), None before one."""
+        self._check_version()
+        return self._cache_version
 
     def _read_rows(self, view, names: list[str], key: str, ids: list[str]) -> list[tuple]:
         keys = [EntityKey(join_keys=[key], entity_values=[Value(string_val=str(i))]) for i in ids]

@@ -280,6 +280,43 @@ def rollback() -> None:
 
 
 @app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="port (default SHOPREC_SERVING_PORT, 3000)")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 for every interface)")] = "127.0.0.1",
+    workers: Annotated[int | None, typer.Option(help="worker processes (default SHOPREC_SERVING_WORKERS)")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="request threads per worker (default SHOPREC_SERVING_THREADS)")
+    ] = None,
+    clock: Annotated[
+        str | None, typer.Option(help="freshness clock: wall (a live shop) or shop (a replayed one)")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="require this key (prefer SHOPREC_API_KEY: an option shows in the process list)"),
+    ] = None,
+) -> None:
+    """Start the recommendation service (`bentoml serve serving.service:Recommender`) on this SHOPREC_HOME."""
+    import os
+    import shutil
+
+    from core.settings import PROJECT_ROOT
+
+    if clock not in (None, "wall", "shop"):
+        typer.echo(f"--clock must be wall or shop, not {clock!r}", err=True)
+        raise typer.Exit(2)
+    settings = get_settings()
+    overrides = {"SHOPREC_SERVING_WORKERS": workers, "SHOPREC_SERVING_THREADS": threads,
+                 "SHOPREC_SERVING_CLOCK": clock, "SHOPREC_API_KEY": api_key}  # fmt: skip
+    env = {**os.environ, "SHOPREC_HOME": str(settings.home),
+           **{name: str(value) for name, value in overrides.items() if value is not None}}  # fmt: skip
+    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
+    command = [bentoml, "serve", "serving.service:Recommender", "--host", host,
+               "--port", str(port or settings.serving_port)]  # fmt: skip
+    os.chdir(PROJECT_ROOT)  # the service is imported from the project, as `bentoml serve` is run from there
+    os.execvpe(command[0], command, env)
+
+
+@app.command()
 def evaluate(
     dataset: Annotated[str, typer.Option(help="online_retail, taobao or movielens")],
     protocol: Annotated[str, typer.Option(help="temporal, or msr-stratified (movielens only)")] = "temporal",

@@ -1,0 +1,216 @@
+"""The recommendation service: `bentoml serve serving.service:Recommender` (or `shoprec serve`).
+
+POST /recommend and /similar_items answer from the champion in BentoML's model store over Feast's online store
+(serving/recommend.py). Each worker loads the champion in __init__ and then polls, every SHOPREC_SWAP_POLL_S, for
+a new champion (retrain_models published one, or `shoprec rollback` moved the pointer) or a new materialisation
+(new items, fresh rows): it builds the new one off the request path and swaps one reference, so requests in
+flight finish on the old one and later ones name the new model_version. /readyz, the API key and the body limit
+sit in serving/guard.py; /metrics adds shoprec_* series to BentoML's own.
+"""
+
+import logging
+import threading
+import time
+import uuid
+from typing import Annotated
+
+import bentoml
+from pydantic import BaseModel, Field
+
+from core.settings import get_settings
+from serving.guard import Guard
+from serving.schemas import (
+    MAX_K,
+    MAX_LISTED,
+    FeatureStatus,
+    ItemId,
+    Recommendations,
+    RecommendedItem,
+    SimilarItems,
+    UserId,
+)
+
+logger = logging.getLogger("shoprec.serving")
+
+
+class RecommendRequest(BaseModel):
+    user_id: UserId = Field("12748", description="The shop's pseudonymous user id.")
+    k: Annotated[int, Field(ge=1, le=MAX_K)] = Field(10, description="How many items to return.")
+    exclude: Annotated[list[ItemId], Field(max_length=MAX_LISTED)] = Field(
+        [], description="Items never to return (ids the model does not know are ignored)."
+    )
+    session_items: Annotated[list[ItemId], Field(max_length=MAX_LISTED)] = Field(
+        [], description="Items of the current session: the context for a user without fresh features."
+    )
+    exclude_purchased: bool = Field(False, description="Leave out items the user has already bought.")
+
+
+class SimilarRequest(BaseModel):
+    item_id: ItemId = Field("23084", description="An item of the catalog (new ones too).")
+    k: Annotated[int, Field(ge=1, le=MAX_K)] = Field(10, description="How many items to return.")
+
+
+class Holder:
+    """The champion one worker serves, kept current by a polling thread; readers see one reference at a time."""
+
+    def __init__(self):
+        from features.store import open_store
+
+        self.store = open_store(get_settings())
+        self.champion, self.problem, self._loaded_key = None, "loading", None
+        self.refresh()
+        threading.Thread(target=self._poll, name="champion-swap", daemon=True).start()
+
+    def now(self):
+        """The clock freshness is judged at: the wall clock, or the shop's logical time (see core.settings)."""
+        import pandas as pd
+
+        from core.layout import Layout, lake_as_of
+
+        if get_settings().serving_clock == "shop":
+            return lake_as_of(Layout(get_settings().home)) or pd.Timestamp.now(tz="UTC")
+        return pd.Timestamp.now(tz="UTC")
+
+    def refresh(self) -> None:
+        """Load the champion again when its tag or the online store's materialisation changed."""
+        from core.layout import Layout
+        from features.store import materialized_version
+        from serving.champion import load_champion
+        from training import publish as model_store
+
+        key = (model_store.champion(get_settings()), materialized_version(Layout(get_settings().home)))
+        if key == self._loaded_key:
+            return
+        try:
+            readers = self.champion.retrieval.readers if self.champion is not None else None
+            champion = load_champion(get_settings(), self.store, self.now(), readers)
+        except Exception as error:  # a broken artefact must not take the serving one down with it
+            logger.exception("could not load champion %s", key[0])
+            self.problem = f"champion {key[0]} could not be loaded: {error}"
+            self._loaded_key = key
+            return
+        self.champion, self._loaded_key = champion, key  # the swap: one reference
+        self.problem = None if champion is not None else "no champion in the model store yet: run retrain_models"
+        if champion is not None:
+            logger.info("serving %s (%d items, loaded in %.1f s)", champion.tag, len(champion.item_ids),
+                        champion.loaded_at)  # fmt: skip
+
+    def _poll(self) -> None:
+        while True:
+            time.sleep(get_settings().swap_poll_s)
+            try:
+                self.refresh()
+            except Exception:  # keep polling: the next look may succeed (a store being rewritten, say)
+                logger.exception("champion poll failed")
+
+
+HOLDER: Holder | None = None  # this worker's, for the guard's /readyz
+
+
+def readiness() -> tuple[bool, dict]:
+    champion = HOLDER.champion if HOLDER is not None else None
+    body = {"ready": champion is not None, "model_version": champion.tag if champion else None,
+            "clock": get_settings().serving_clock, "as_of": str(HOLDER.now()) if HOLDER else None,
+            "reason": None if champion else (HOLDER.problem if HOLDER else "starting")}  # fmt: skip
+    return champion is not None, body
+
+
+@bentoml.service(
+    name="shoprec_recommender",
+    workers=get_settings().serving_workers,  # fixed when the class is declared: `shoprec serve` sets them
+    threads=get_settings().serving_threads,
+    traffic={"timeout": 10},
+)
+class Recommender:
+    """Real-time recommendations from the champion over Feast's online store."""
+
+    def __init__(self):
+        import torch
+
+        global HOLDER
+        torch.set_num_threads(1)  # one request per thread; BLAS threads would only fight each other
+        HOLDER = self.holder = Holder()
+        self.metrics = _Metrics.once()
+
+    @bentoml.api(input_spec=RecommendRequest)
+    def recommend(self, user_id: str, k: int, exclude: list[str], session_items: list[str],
+                  exclude_purchased: bool) -> Recommendations:  # fmt: skip
+        """The top k items for a user: retrieved by the two-tower, reordered by the ranker, filtered."""
+        from serving.recommend import recommend
+
+        champion = self._champion()
+        now = self.holder.now()
+        answer = recommend(champion, user_id, k, exclude, session_items, exclude_purchased, now)
+        self.metrics.record(champion.tag, answer)
+        return Recommendations(
+            items=[RecommendedItem(item_id=i, score=s, reason=r) for i, s, r in answer.items],
+            model_version=champion.tag,
+            request_id=uuid.uuid4().hex,
+            feature_status=_status(answer.statuses, now),
+            fallback=answer.fallback,
+        )
+
+    @bentoml.api(input_spec=SimilarRequest)
+    def similar_items(self, item_id: str, k: int) -> SimilarItems:
+        """Items whose vectors are closest to an item's; new catalog items are embedded from their text."""
+        from serving.recommend import UnknownItem, similar_items
+
+        champion = self._champion()
+        try:
+            found, from_text = similar_items(champion, item_id, k)
+        except UnknownItem as error:
+            raise bentoml.exceptions.NotFound(str(error)) from None
+        return SimilarItems(item_id=item_id, items=[RecommendedItem(item_id=i, score=s, reason=r) for i, s, r in found],
+                            model_version=champion.tag, request_id=uuid.uuid4().hex, embedded_from_text=from_text)  # fmt: skip
+
+    def _champion(self):
+        champion = self.holder.champion
+        if champion is None:
+            raise bentoml.exceptions.ServiceUnavailable(self.holder.problem or "no champion loaded yet")
+        return champion
+
+
+def _status(statuses: dict, now) -> FeatureStatus:
+    return FeatureStatus(clock="shop" if get_settings().serving_clock == "shop" else "wall", as_of=str(now),
+                         views=statuses, stale=sorted(v for v, s in statuses.items() if s == "stale"))  # fmt: skip
+
+
+class _Metrics:
+    """shoprec_* Prometheus series beside BentoML's own. Under `bentoml serve` every worker writes to the
+    multiprocess directory BentoML sets up, and /metrics reads them all; the version gauge keeps a series per
+    live worker (its pid), so a half-swapped service shows both versions."""
+
+    _made = None
+
+    @classmethod
+    def once(cls) -> "_Metrics":
+        """The process's series: Prometheus refuses a second registration of a name."""
+        cls._made = cls._made or cls()
+        return cls._made
+
+    def __init__(self):
+        from prometheus_client import Counter, Gauge
+
+        self.requests = Counter("shoprec_recommendations", "Items recommended, by reason.", ["reason"])
+        self.cold = Counter("shoprec_cold_start_requests", "Requests answered by a fallback (unknown or cold user).")
+        self.stale = Counter("shoprec_stale_feature_requests", "Requests that read at least one stale view.")
+        self.version = Gauge("shoprec_model_info", "1 for the model version this worker serves.", ["model_version"],
+                             multiprocess_mode="liveall")  # fmt: skip
+        self._tag = None
+
+    def record(self, tag: str, answer) -> None:
+        for _, _, reason in answer.items:
+            self.requests.labels(reason=reason).inc()
+        if answer.fallback:
+            self.cold.inc()
+        if "stale" in answer.statuses.values():
+            self.stale.inc()
+        if tag != self._tag:
+            if self._tag is not None:
+                self.version.labels(model_version=self._tag).set(0)
+            self.version.labels(model_version=tag).set(1)
+            self._tag = tag
+
+
+Recommender.add_asgi_middleware(Guard, status=readiness, settings=get_settings,
+                                api_paths=("/recommend", "/similar_items"))  # fmt: skip

@@ -1,0 +1,153 @@
+"""The recommendation service in-process (BentoML's ASGI app under Starlette's TestClient) on the real Online
+Retail shop: answers, cold start, filters, similar items, bad input (a 4xx naming the field, never a 500), the
+API key, the body limit, readiness and metrics."""
+
+import pandas as pd
+import pytest
+
+from core.layout import Layout, lake_as_of
+from training import publish
+
+
+@pytest.fixture
+def client(retail_home, use_home, service_client):
+    use_home(retail_home)
+    return service_client()
+
+
+def warm_users(home, n=5) -> list[str]:
+    """Users with events in the shop's last week: fresh features at the shop's clock."""
+    layout = Layout(home)
+    clock = lake_as_of(layout)
+    from features.build import lake_days, read_events
+
+    events = read_events(layout, lake_days(layout)[-1])
+    recent = events[events["event_timestamp"] >= clock - pd.Timedelta(days=7)]
+    return list(recent["user_id"].value_counts().index[:n])
+
+
+def test_recommend_answers_from_the_champion_with_fresh_features(client, retail_home):
+    champion = publish.champion(publish_settings(retail_home))
+    for user in warm_users(retail_home):
+        answer = client.post("/recommend", json={"user_id": user, "k": 7})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert len(body["items"]) == 7 and len({i["item_id"] for i in body["items"]}) == 7
+        assert {i["reason"] for i in body["items"]} <= {"retrieved", "repurchase"}
+        scores = [i["score"] for i in body["items"]]
+        assert scores == sorted(scores, reverse=True)
+        assert body["model_version"] == champion and body["fallback"] is None and len(body["request_id"]) == 32
+        status = body["feature_status"]
+        assert status["clock"] == "shop" and status["as_of"].startswith("2011-12-1")
+        assert status["views"]["user_activity"] == "fresh" and status["stale"] == []
+
+
+def test_the_example_request_works_as_documented(client):
+    answer = client.post("/recommend", json={})  # every field has its documented default (user 12748, k 10)
+    assert answer.status_code == 200 and len(answer.json()["items"]) == 10
+
+
+def test_filters_exclude_and_ignore_unknown_ids(client, retail_home):
+    user = warm_users(retail_home, 1)[0]
+    first = [i["item_id"] for i in client.post("/recommend", json={"user_id": user, "k": 5}).json()["items"]]
+    again = client.post("/recommend", json={"user_id": user, "k": 5, "exclude": [*first[:2], "no-such-item"]})
+    assert again.status_code == 200
+    items = [i["item_id"] for i in again.json()["items"]]
+    assert not set(first[:2]) & set(items) and items[:3] == first[2:]
+
+
+def test_already_bought_items_can_be_left_out(client):
+    body = client.post("/recommend", json={"user_id": "12748", "k": 20}).json()
+    assert any(i["reason"] == "repurchase" for i in body["items"])
+    without = client.post("/recommend", json={"user_id": "12748", "k": 20, "exclude_purchased": True}).json()
+    assert all(i["reason"] == "retrieved" for i in without["items"])  # 12748's history is all purchases
+
+
+def test_unknown_users_get_popularity_or_the_session_neighbours(client):
+    cold = client.post("/recommend", json={"user_id": "never-seen", "k": 5}).json()
+    assert [i["reason"] for i in cold["items"]] == ["popular"] * 5 and "unknown user" in cold["fallback"]
+    assert cold["feature_status"]["views"]["user_activity"] == "missing"
+    session = client.post("/recommend", json={"user_id": "never-seen", "k": 5, "session_items": ["23084"]}).json()
+    assert [i["reason"] for i in session["items"]] == ["similar"] * 5 and "23084" not in str(session["items"])
+    strangers = client.post("/recommend", json={"user_id": "never-seen", "k": 3, "session_items": ["nope"]}).json()
+    assert [i["reason"] for i in strangers["items"]] == ["popular"] * 3
+
+
+def test_similar_items_and_an_unknown_item_is_a_clear_404(client):
+    answer = client.post("/similar_items", json={"item_id": "23084", "k": 4})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert len(body["items"]) == 4 and "23084" not in [i["item_id"] for i in body["items"]]
+    assert body["embedded_from_text"] is False
+    missing = client.post("/similar_items", json={"item_id": "no-such-item"})
+    assert missing.status_code == 404 and "no-such-item" in missing.text
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"k": 0}, "k"), ({"k": 101}, "k"), ({"k": "ten"}, "k"), ({"k": 2.5}, "k"), ({"user_id": ""}, "user_id"),
+        ({"user_id": "x" * 129}, "user_id"), ({"user_id": 12748}, "user_id"), ({"user_id": None}, "user_id"),
+        ({"exclude": "23084"}, "exclude"), ({"exclude": [""]}, "exclude"), ({"exclude": ["a"] * 501}, "exclude"),
+        ({"session_items": [1, 2]}, "session_items"), ({"exclude_purchased": "maybe"}, "exclude_purchased"),
+    ],
+)  # fmt: skip
+def test_bad_requests_are_400s_that_name_the_field(client, payload, field):
+    answer = client.post("/recommend", json=payload)
+    assert answer.status_code == 400, answer.text
+    assert field in str(answer.json()["detail"][0]["loc"])
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'"12748"', b"{", b"\xff\xfe"])
+def test_bodies_that_are_not_a_json_object_are_400s(client, body):
+    for path in ("/recommend", "/similar_items"):
+        assert client.post(path, content=body, headers={"content-type": "application/json"}).status_code == 400
+
+
+def test_a_huge_body_is_refused_before_it_is_read(client):
+    huge = b'{"user_id": "' + b"x" * 200_000 + b'"}'
+    assert client.post("/recommend", content=huge).status_code == 413
+
+    def streamed():  # no Content-Length: the guard counts as it reads
+        for _ in range(100):
+            yield b"x" * 10_000
+
+    assert client.post("/recommend", content=streamed()).status_code == 413
+
+
+def test_readiness_and_health(client, retail_home):
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["ready"] and body["model_version"] == publish.champion(publish_settings(retail_home))
+    assert body["clock"] == "shop" and body["as_of"].startswith("2011-12")
+    assert client.get("/livez").status_code == 200
+    assert client.get("/metrics").status_code == 200  # its shoprec_* series: tests/serving/test_http.py
+
+
+def test_the_api_key_guards_everything_but_health_and_metrics(retail_home, use_home, service_client):
+    use_home(retail_home, api_key="a-test-key")
+    client = service_client()
+    assert client.post("/recommend", json={}).status_code == 401
+    assert client.post("/recommend", json={}, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.get("/docs.json").status_code == 401
+    assert client.post("/recommend", json={}, headers={"X-API-Key": "a-test-key"}).status_code == 200
+    assert client.post("/similar_items", json={}, headers={"Authorization": "Bearer a-test-key"}).status_code == 200
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_no_champion_yet_is_a_503_that_says_so(tmp_path, use_home, service_client):
+    use_home(tmp_path / "empty")
+    client = service_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and not ready.json()["ready"]
+    assert "no champion" in ready.json()["reason"]
+    answer = client.post("/recommend", json={})
+    assert answer.status_code == 503 and "no champion" in answer.text
+
+
+def publish_settings(home):
+    from core.settings import Settings
+
+    return Settings(home=home)
