@@ -151,3 +151,47 @@ def publish_settings(home):
     from core.settings import Settings
 
     return Settings(home=home)
+
+
+def test_a_new_catalog_item_is_reachable_from_its_text_once_materialised(shop_copy, use_home, service_client):
+    """An item added after the champion was trained enters the index at the next materialisation, no retrain."""
+    import time
+
+    from core.layout import write_parquet
+    from features.build import build_pending
+    from features.store import materialize, open_store
+    from ingest.replay import to_bytes
+    from validation.catalog import apply_feeds
+    from validation.gate import pending_batches, run_gate
+
+    settings = use_home(shop_copy)
+    layout = Layout(shop_copy)
+    client = service_client()
+    assert client.post("/similar_items", json={"item_id": "NEW-MUG-1"}).status_code == 404
+    clock = lake_as_of(layout)
+    catalog = pd.read_parquet(layout.catalog)
+    mug = catalog[catalog["title"].str.contains("MUG", na=False)].iloc[0]
+    new = pd.DataFrame([{**mug.to_dict(), "item_id": "NEW-MUG-1", "title": f"{mug['title']} NEW EDITION",
+                         "first_seen": clock + pd.Timedelta(hours=1)}])  # fmt: skip
+    write_parquet(new, layout.landing / "catalog" / "zz-new-items.parquet")
+    apply_feeds(layout)
+    # The next day's trading moves the clock; the new item's catalog row is materialised with it.
+    day = pd.DataFrame({"event_id": ["new-1"], "user_id": ["12748"], "item_id": ["NEW-MUG-1"],
+                        "event_type": ["purchase"], "event_timestamp": [clock + pd.Timedelta(hours=10)],
+                        "session_id": [None], "quantity": [1], "price": [mug["price"]]})  # fmt: skip
+    (layout.landing / "next-day.parquet").write_bytes(to_bytes(day, "parquet"))
+    assert [run_gate(p, layout, settings, as_of=clock + pd.Timedelta(days=1)).status
+            for p in pending_batches(layout)] == ["accepted"]  # fmt: skip
+    build_pending(layout, settings)
+    materialize(open_store(settings), layout, lake_as_of(layout))
+
+    deadline = time.monotonic() + 60
+    while (answer := client.post("/similar_items", json={"item_id": "NEW-MUG-1", "k": 5})).status_code == 404:
+        assert time.monotonic() < deadline, "the new item never entered the index"
+        time.sleep(0.5)
+    body = answer.json()
+    assert answer.status_code == 200 and body["embedded_from_text"] is True and len(body["items"]) == 5
+    assert "NEW-MUG-1" not in [i["item_id"] for i in body["items"]]
+    # It is context for a cold session too.
+    session = client.post("/recommend", json={"user_id": "never-seen", "k": 3, "session_items": ["NEW-MUG-1"]})
+    assert [i["reason"] for i in session.json()["items"]] == ["similar"] * 3
