@@ -14,7 +14,7 @@ export AIRFLOW__CORE__PARALLELISM ?= 4
 # The demo retrains the tiny preset (small models, the same pipeline); `make demo DEMO_PRESET=full` for the real one.
 DEMO_PRESET ?= tiny
 
-.PHONY: install demo test bench clean
+.PHONY: install demo stop test bench clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: install
 	@DEMO_PRESET=$(DEMO_PRESET) $(BIN)/python -m shoprec.demo
+
+# Ends exactly what the demo started (from the pid files under SHOPREC_HOME/run).
+stop:
+	@$(BIN)/python -m shoprec.demo stop
 
 test: install
 	$(BIN)/python -m pytest

@@ -50,8 +50,80 @@ def main() -> int:
             )
     step("the retraining run's evaluation and the champion")
     run([*shoprec, "models"], logs / "models.log", show=True)
+    step(f"the recommendation service on the champion (log: {logs / 'serve.log'})")
+    example = serve(settings, shoprec, logs)
+    if example is None:
+        return 1
     print(f"\ndemo done in {time.perf_counter() - started:,.0f} s.\n")
-    print(next_steps(layout, logs))
+    print(next_steps(layout, logs, example))
+    return 0
+
+
+def serve(settings, shoprec: list[str], logs: Path) -> str | None:
+    """Start `shoprec serve` in the background on the shop's clock (the data is from 2011), unless this home's is
+    already running; wait until it is ready and show one answer. Returns the curl that got it."""
+    import json
+
+    import httpx
+
+    url = f"http://127.0.0.1:{settings.serving_port}"
+    if running("serve", settings.home) is None:
+        with (logs / "serve.log").open("w") as log:
+            process = subprocess.Popen([*shoprec, "serve", "--clock", "shop", "--port", str(settings.serving_port)],
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        pid_file(settings.home, "serve").write_text(str(process.pid))
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or running("serve", settings.home) is None:
+            print(f"FAILED: the service did not become ready; the end of {logs / 'serve.log'}:")
+            print(*(logs / "serve.log").read_text().splitlines()[-20:], sep="\n")
+            return None
+        time.sleep(1)
+    body = {"user_id": "12748", "k": 3}
+    curl = f"curl -s -X POST {url}/recommend -H 'Content-Type: application/json' -d '{json.dumps(body)}'"
+    answer = httpx.post(f"{url}/recommend", json=body, timeout=10).json()
+    print(f"    {curl}\n    -> {json.dumps(answer)}")
+    return curl
+
+
+def pid_file(home: Path, name: str) -> Path:
+    (home / "run").mkdir(parents=True, exist_ok=True)
+    return home / "run" / f"{name}.pid"
+
+
+def running(name: str, home: Path) -> int | None:
+    """The pid of a process this demo started and that still runs, or None."""
+    path = pid_file(home, name)
+    try:
+        pid = int(path.read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        path.unlink(missing_ok=True)
+        return None
+
+
+def stop() -> int:
+    """`make stop`: end exactly the processes the demo started (their process groups), from their pid files."""
+    import signal
+
+    home = get_settings().home
+    for path in sorted((home / "run").glob("*.pid")) if (home / "run").exists() else []:
+        if (pid := running(path.stem, home)) is not None:
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(50):
+                if running(path.stem, home) is None:
+                    break
+                time.sleep(0.2)
+            else:
+                os.killpg(pid, signal.SIGKILL)
+            print(f"stopped {path.stem} (pid {pid})")
+        path.unlink(missing_ok=True)
     return 0
 
 
@@ -147,9 +219,13 @@ class TaskWatch:
             print("\r\033[K", end="")
 
 
-def next_steps(layout: Layout, logs: Path) -> str:
+def next_steps(layout: Layout, logs: Path, curl: str) -> str:
     home = layout.home
     return f"""What next:
+  The recommendation service is running (judging freshness on the shop's clock: the data is from 2011):
+      {curl}
+      curl -s -X POST http://127.0.0.1:{get_settings().serving_port}/similar_items -H 'Content-Type: application/json' -d '{{"item_id": "23084", "k": 3}}'
+      API docs: http://127.0.0.1:{get_settings().serving_port}/ (OpenAPI at /docs.json); stop it with `make stop`.
   The Airflow UI, with these runs in its history (the DAGs start paused; unpause them there or with
   `airflow dags unpause ingest_events`):
       export SHOPREC_HOME={home} AIRFLOW_HOME={os.environ.get("AIRFLOW_HOME", home / "airflow")} \\
@@ -164,4 +240,4 @@ def next_steps(layout: Layout, logs: Path) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stop() if sys.argv[1:] == ["stop"] else main())
