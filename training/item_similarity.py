@@ -45,18 +45,23 @@ class ItemSimilarity:
     def scores(self, past: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
         """For each (user, item_id) row of pairs, the sum of weights from the distinct items of that user in past
         (rows of user, item_id; user is any integer key); 0 where either side is unknown to the model."""
-        users = pd.Index(pd.unique(pairs["user"]))
-        seen = past[["user", "item_id"]].drop_duplicates()
-        history_rows, history_cols = users.get_indexer(seen["user"]), self._columns(seen["item_id"])
-        known = (history_rows >= 0) & (history_cols >= 0)
+        if not len(pairs):
+            return np.zeros(0, np.float32)
+        users, pair_rows = np.unique(pairs["user"].to_numpy(), return_inverse=True)
+        past_users = past["user"].to_numpy()
+        history_rows = np.minimum(np.searchsorted(users, past_users), len(users) - 1)
+        history_cols = self._columns(past["item_id"])
+        known = (history_cols >= 0) & (users[history_rows] == past_users)  # users of past that pairs has
+        # A user's repeated item counts once: the csr constructor would sum duplicates, so clip them to 1.
         history = sp.csr_matrix((np.ones(int(known.sum()), np.float32), (history_rows[known], history_cols[known])),
                                 shape=(len(users), len(self.items)))  # fmt: skip
+        history.data[:] = 1.0
         reached = (history @ self.weights).tocsr()
-        rows, cols = users.get_indexer(pairs["user"]), self._columns(pairs["item_id"])
+        cols = self._columns(pairs["item_id"])
         out = np.zeros(len(pairs), np.float32)
         found = cols >= 0
         if found.any():
-            out[found] = np.asarray(reached[rows[found], cols[found]]).ravel()
+            out[found] = np.asarray(reached[pair_rows[found], cols[found]]).ravel()
         return out
 
     def _columns(self, item_ids) -> np.ndarray:
