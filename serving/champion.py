@@ -37,6 +37,9 @@ class OnlineRetrieval(Retrieval):
 
     def features(self, service: str, key: str, ids) -> pd.DataFrame:
         ids = pd.Index(np.asarray(ids, dtype=object))
+        if key == "user_id":
+            # ranker_v1's user views hold every user feature two_tower_v1 reads: one read serves both towers.
+            service = RANKER_SERVICE
         cached = self._joined.get((service, key))
         missing = ids.unique() if cached is None else ids.unique().difference(cached.index, sort=False)
         if len(missing):

@@ -15,7 +15,9 @@ import pandas as pd
 
 from features.online import FRESH, MISSING, STALE
 from serving.champion import Champion
+from training.candidates import candidate_features
 from training.examples import RANKER_SERVICE
+from training.models import Ranker
 
 CANDIDATE_POOL = 1000  # with HNSW: items the index returns for the ranker's candidates and ranks
 USER_VIEWS = ("user_activity", "user_history")
@@ -52,17 +54,10 @@ def recommend(champion: Champion, user_id: str, k: int, exclude=(), session_item
     if not any(status == FRESH for status in user_status.values()):
         return _cold(champion, allowed, k, session_items, user_status, "no fresh features for this user")
 
-    items, vectors, scores = _candidates(champion, retrieval, user_id, history)
-    ranker = champion.recommender.ranker
-    if ranker is not None:  # training's own reranking: candidates get 10 + P(interact), the rest trail below
-        scores = ranker.rerank(retrieval, np.asarray([user_id], dtype=object), items, vectors, scores, "all")
-    scores = scores[0]
-    rows = champion.position.get_indexer(items)
-    ok = allowed[rows]
-    order = np.flatnonzero(ok)[np.argsort(-scores[ok], kind="stable")[:k]]
+    picked = _personalised(champion, retrieval, user_id, history, allowed, k)
     own = set(history)
-    picked = [(str(items[i]), float(scores[i]), "repurchase" if items[i] in own else "retrieved") for i in order]
-    return Answer(picked, dict(sorted(retrieval.statuses.items())))
+    items = [(item, score, "repurchase" if item in own else "retrieved") for item, score in picked]
+    return Answer(items, dict(sorted(retrieval.statuses.items())))
 
 
 def similar_items(champion: Champion, item_id: str, k: int) -> tuple[list[tuple[str, float, str]], bool]:
@@ -74,17 +69,53 @@ def similar_items(champion: Champion, item_id: str, k: int) -> tuple[list[tuple[
     return found, bool(champion.from_text[row])
 
 
-def _candidates(champion: Champion, retrieval, user_id: str, history: list):
-    """(items, their vectors, the user's scores [1, n]): every item with the exact index (what offline scoring
-    ranks); with HNSW the index's nearest CANDIDATE_POOL and the user's past items, ranked among themselves."""
+def _personalised(champion: Champion, retrieval, user_id: str, history: list, allowed: np.ndarray, k: int):
+    """[(item_id, score)]: the ranker's order of the user's candidates (10 + P(interact)), then, should filters
+    leave fewer than k, the rest by retrieval score (score - 100): what offline scoring ranks (TwoTowerRecommender
+    .score, FittedRanker.rerank), computed over the candidates alone.
+
+    With the exact index every item is scored, and the candidates are the same as offline: the n best and the
+    user's past items, with their ranks among every item. With HNSW the index's nearest CANDIDATE_POOL and the
+    past items are scored and ranked among themselves."""
     user = retrieval.users(np.asarray([user_id], dtype=object))
+    ranker = champion.recommender.ranker
+    past = champion.position.get_indexer(pd.unique(np.asarray(history, dtype=object))) if history else np.zeros(0, int)
     if champion.exact:
-        return champion.item_ids, champion.vectors, user @ champion.vectors.T
-    _, found = champion.index.search(np.ascontiguousarray(user, dtype=np.float32), CANDIDATE_POOL)
-    past = champion.position.get_indexer(pd.unique(np.asarray(history, dtype=object)))
-    rows = pd.unique(np.concatenate([found[0][found[0] >= 0], past[past >= 0]]))
-    vectors = champion.vectors[rows]
-    return champion.item_ids[rows], vectors, user @ vectors.T
+        scores = (user @ champion.vectors.T)[0]
+        order = np.argsort(-scores)  # as candidate_features ranks a full score row
+        ranks = np.empty(len(scores), np.int64)
+        ranks[order] = np.arange(len(scores))
+        n = min(ranker.config.candidates, len(scores)) if ranker is not None else 0
+        best = np.argpartition(-scores, n - 1)[:n] if n else np.zeros(0, int)
+    else:
+        _, found = champion.index.search(np.ascontiguousarray(user, dtype=np.float32), CANDIDATE_POOL)
+        pool = pd.unique(np.concatenate([found[0][found[0] >= 0], past[past >= 0]]))
+        scores = np.full(len(champion.item_ids), -np.inf, np.float32)
+        scores[pool] = user[0] @ champion.vectors[pool].T
+        order = pool[np.argsort(-scores[pool])]
+        ranks = np.empty(len(scores), np.int64)
+        ranks[order] = np.arange(len(order))
+        best = order[: ranker.config.candidates] if ranker is not None else np.zeros(0, int)
+    final = {}
+    if ranker is not None:
+        rows = pd.unique(np.concatenate([best, past[past >= 0]]))
+        frame, features = candidate_features(retrieval, np.asarray([user_id], dtype=object), champion.item_ids[rows],
+                                             champion.vectors[rows], scores[rows][None, :],
+                                             ranker.config.candidates, ranks[rows][None, :])  # fmt: skip
+        head = Ranker.TASKS.index("interact")
+        probability = ranker.probabilities(features)[:, head]
+        candidate_rows = rows[frame["item"].to_numpy()]
+        keep = allowed[candidate_rows]
+        for row, p in sorted(zip(candidate_rows[keep], 10.0 + probability[keep], strict=True), key=lambda x: -x[1]):
+            final[row] = float(p)
+            if len(final) == k:
+                break
+    for row in order:  # fewer candidates than k survived the filters: the rest in retrieval order, as offline
+        if len(final) == k:
+            break
+        if allowed[row] and row not in final:
+            final[row] = float(scores[row] - 100.0)
+    return [(str(champion.item_ids[row]), score) for row, score in final.items()]
 
 
 def _cold(champion: Champion, allowed: np.ndarray, k: int, session_items, statuses: dict, why: str) -> Answer:
