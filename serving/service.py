@@ -58,27 +58,30 @@ class Holder:
 
         self.store = open_store(get_settings())
         self.champion, self.problem, self._loaded_key = None, "loading", None
+        self._shop_time = None
         self.refresh()
         threading.Thread(target=self._poll, name="champion-swap", daemon=True).start()
 
     def now(self):
-        """The clock freshness is judged at: the wall clock, or the shop's logical time (see core.settings)."""
+        """The clock freshness is judged at: the wall clock, or the shop's logical time (see core.settings), as
+        the poller last read it (reading it is a scan of the ledger: not a cost for every request)."""
         import pandas as pd
 
-        from core.layout import Layout, lake_as_of
-
-        if get_settings().serving_clock == "shop":
-            return lake_as_of(Layout(get_settings().home)) or pd.Timestamp.now(tz="UTC")
+        if get_settings().serving_clock == "shop" and self._shop_time is not None:
+            return self._shop_time
         return pd.Timestamp.now(tz="UTC")
 
     def refresh(self) -> None:
         """Load the champion again when its tag or the online store's materialisation changed."""
-        from core.layout import Layout
+        from core.layout import Layout, lake_as_of
         from features.store import materialized_version
         from serving.champion import load_champion
         from training import publish as model_store
 
-        key = (model_store.champion(get_settings()), materialized_version(Layout(get_settings().home)))
+        layout = Layout(get_settings().home)
+        if get_settings().serving_clock == "shop":
+            self._shop_time = lake_as_of(layout)
+        key = (model_store.champion(get_settings()), materialized_version(layout))
         if key == self._loaded_key:
             return
         try:
