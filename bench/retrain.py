@@ -5,8 +5,10 @@ made through the same library calls. It is built once (under --lake, kept there 
 measured run retrains on a fresh copy of it, so the steps see exactly what the retrain_models DAG sees and a
 before/after pair measures the same lake. Each step of training/retrain.py is timed on its own, wall clock.
 
-`python -m bench.retrain [--preset tiny] [--lake DIR] [--label NAME] [--out PATH]`; a label (e.g. "before")
-adds its figures beside the others in the results file instead of replacing them.
+`python -m bench.retrain [--preset tiny] [--lake DIR] [--label NAME] [--against REV]`: the figures go under
+the label (default "current") beside the others in the results file. --against REV first measures that commit
+the same way on the same lake (its code from a git worktree, run by this interpreter, this file copied in), so
+one run gives before and after under the same conditions.
 """
 
 import argparse
@@ -14,6 +16,8 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,8 +67,25 @@ def time_retrain(lake: Path, preset: str) -> dict:
     main = evaluation["main_target"]
     quality = {name: {k: round(v, 4) for k, v in metrics[main].items() if k in ("recall@20", "ndcg@20")}
                for name, metrics in evaluation["metrics"].items()}  # fmt: skip
-    return {"preset": preset, "seconds": seconds, "total_seconds": total, "counts": split["counts"],
+    return {"code": str(Path(retrain.__file__).resolve().parents[1]),  # which tree's training/ ran
+            "preset": preset, "seconds": seconds, "total_seconds": total, "counts": split["counts"],
             "main_target": main, "quality": quality, "published": result.get("published")}  # fmt: skip
+
+
+def measure_commit(rev: str, lake: Path, preset: str, out: Path) -> None:
+    """This benchmark on another commit's code: a worktree of it, this file copied in, its results under rev."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="bench-retrain-rev-") as work:
+        tree = Path(work) / "tree"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), rev], check=True)
+        try:
+            shutil.copy(Path(__file__), tree / "bench" / "retrain.py")
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            command = [sys.executable, "-m", "bench.retrain", "--lake", str(lake), "--preset", preset,
+                       "--label", rev, "--out", str(out.resolve())]  # fmt: skip
+            subprocess.run(command, check=True, cwd=tree, env=env)
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False)
 
 
 def main() -> None:
@@ -73,6 +94,7 @@ def main() -> None:
     parser.add_argument("--lake", type=Path, default=Path(tempfile.gettempdir()) / "shoprec-bench-lake")
     parser.add_argument("--label", default="current", help="the name these figures are kept under")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--against", help="a commit to measure first, under its own name")
     args = parser.parse_args()
     if not (args.lake / ".built").exists():
         print(f"building the demo's lake under {args.lake} ...", flush=True)
@@ -81,6 +103,8 @@ def main() -> None:
         lake = build_lake(args.lake)
         print(f"lake: {lake}, {time.perf_counter() - tick:.0f} s", flush=True)
         (args.lake / ".built").write_text(json.dumps(lake))
+    if args.against:
+        measure_commit(args.against, args.lake, args.preset, args.out)
     row = time_retrain(args.lake, args.preset)
     row["machine"] = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                       f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip

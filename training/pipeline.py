@@ -146,6 +146,30 @@ def retrieval_examples(store, train: pd.DataFrame, as_of: pd.Timestamp, config: 
     return RetrievalExamples(users, user_rows, catalog, item_rows, order), config, trained_ids
 
 
+def _training_meanwhile(work):
+    """A trainer for fit_retrieval that runs work() while the two-tower trains: in a second process, CPU threads
+    split between the two, where a core is spare; in line, after training, where none is. Either way the same
+    model: train_two_tower seeds itself, and work must not depend on it."""
+
+    def trainer(examples, config, device="auto", progress=True):
+        if (os.cpu_count() or 1) < 2 or multiprocessing.current_process().daemon:  # a daemon may not fork
+            trained = train_two_tower(examples, config, device=device, progress=progress)
+            work()
+            return trained
+        threads = torch.get_num_threads()
+        # spawn: a fresh interpreter, no forked torch thread pool or Feast state
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            trained = pool.submit(train_two_tower_with_threads, max(1, threads // 2), examples, config, device)
+            torch.set_num_threads(max(1, threads - threads // 2))
+            try:
+                work()
+            finally:
+                torch.set_num_threads(threads)
+            return trained.result()
+
+    return trainer
+
+
 def by_time(events: pd.DataFrame) -> pd.DataFrame:
     """Events oldest first (stable, so same-time events keep their order), indexed 0..n-1."""
     return events.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
@@ -186,28 +210,12 @@ class TwoTowerRecommender:
         return self
 
     def fit_with_windows(self, train: pd.DataFrame, catalog: pd.DataFrame, as_of=None) -> list["LabelWindow"]:
-        """fit_retrieval, then the ranker's label_windows (returned). The two two-towers share nothing (each
-        seeds itself), so where a second core is free the main one trains in a second process while this one
-        builds the windows and trains theirs: the same models (threads split between the two), in about the time
-        of the longer one (Online Retail, full preset: the main two-tower is two thirds of the fit)."""
-        if (os.cpu_count() or 1) < 2 or multiprocessing.current_process().daemon:  # a daemon may not fork
-            self.fit_retrieval(train, catalog, as_of)
-            return self.label_windows(train, catalog)
+        """fit_retrieval, and the ranker's label_windows (returned). The two two-towers share nothing (each seeds
+        itself), so the main one trains in a second process where a core is spare, while this one builds the
+        windows and trains theirs (Online Retail, full preset: the main two-tower is two thirds of the fit)."""
         windows = []
-        threads = torch.get_num_threads()
-        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or Feast state
-
-        def meanwhile(examples, config, device, progress):
-            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-                trained = pool.submit(train_two_tower_with_threads, max(1, threads // 2), examples, config, device)
-                torch.set_num_threads(max(1, threads - threads // 2))
-                try:
-                    windows.extend(self.label_windows(train, catalog))
-                finally:
-                    torch.set_num_threads(threads)
-                return trained.result()
-
-        self.fit_retrieval(train, catalog, as_of, trainer=meanwhile)
+        trainer = _training_meanwhile(lambda: windows.extend(self.label_windows(train, catalog)))
+        self.fit_retrieval(train, catalog, as_of, trainer=trainer)
         return windows
 
     def feature_store(self, train: pd.DataFrame, catalog: pd.DataFrame, as_of=None):
@@ -235,21 +243,32 @@ class TwoTowerRecommender:
 
     def label_windows(self, train: pd.DataFrame, catalog: pd.DataFrame) -> list["LabelWindow"]:
         """The ranker's label windows, newest first, each read through a store of the events before it; one
-        two-tower, fitted on the events before the oldest, scores them all."""
+        two-tower, fitted on the events before the oldest, scores them all. The oldest window's store is built
+        first, so that two-tower trains (in a second process where a core is spare) while the others are built."""
         cache = self.work_dir / EMBEDDING_CACHE
-        windows = []
         splits = self._label_splits(by_time(train))
-        bar = tqdm(splits, desc="label window stores", unit="window", disable=not self.progress)
-        for number, (earlier, labels, cut) in enumerate(bar):
+        bar = tqdm(total=len(splits), desc="label window stores", unit="window", disable=not self.progress)
+
+        def store_of(number):
+            earlier, _, cut = splits[number]
             store, _ = store_for_events(earlier, catalog, self.work_dir / f"before_labels_{number}", cut, cache)
-            windows.append((earlier, labels, cut, store))
-        *newer, (earlier, _, cut, store) = windows
-        early = fit_retrieval(store, earlier, cut, self.config, self.device, self.progress)
+            bar.update()
+            return store
+
+        oldest, (earlier, _, cut) = store_of(len(splits) - 1), splits[-1]
+        newer = []  # (store, item-to-item weights) of each newer window, newest first
+
+        def build_newer():
+            newer.extend((store_of(number), ItemSimilarity.fit(splits[number][0])) for number in range(len(splits) - 1))
+
+        trainer = _training_meanwhile(build_newer) if len(splits) > 1 else train_two_tower
+        early = fit_retrieval(oldest, earlier, cut, self.config, self.device, self.progress, trainer=trainer)
+        bar.close()
         # The newer windows read the same model through their own past: its features, its item-to-item weights.
-        retrievals = [replace(early, store=store, as_of=cut, similarity=ItemSimilarity.fit(earlier))
-                      for earlier, _, cut, store in newer] + [early]  # fmt: skip
+        retrievals = [replace(early, store=store, as_of=cut, similarity=similarity)
+                      for (store, similarity), (_, _, cut) in zip(newer, splits, strict=False)] + [early]  # fmt: skip
         return [LabelWindow(retrieval, np.sort(earlier["item_id"].unique()), labels)
-                for retrieval, (earlier, labels, _, _) in zip(retrievals, windows, strict=True)]  # fmt: skip
+                for retrieval, (earlier, labels, _) in zip(retrievals, splits, strict=True)]  # fmt: skip
 
     def plus_ranker(self, train: pd.DataFrame, catalog: pd.DataFrame, name: str,
                     candidates: int | None = None) -> "TwoTowerRecommender":  # fmt: skip
