@@ -2,10 +2,10 @@
 
 Vectors are unit length, so inner product is cosine. Below EXACT_UP_TO items an exact flat scan of one query costs
 well under a millisecond on a CPU and is never wrong; above it HNSW answers in about constant time.
-bench/training.py measures recall@100 of HNSW against the exact scan and the time per query of both.
+bench/training.py measures recall@100 of HNSW against the exact scan and the time per query of both. Serving
+builds the index when it loads a champion (serving/champion.py), from the vectors it computes: training never
+builds or imports it.
 """
-
-from pathlib import Path
 
 import numpy as np
 
@@ -30,18 +30,6 @@ def build_index(vectors: np.ndarray, kind: str = "auto"):
         raise ValueError(f"unknown index kind {kind!r}: auto, exact or hnsw")
     index.add(vectors)
     return index
-
-
-def save_index(index, path: Path) -> None:
-    import faiss
-
-    faiss.write_index(index, str(path))
-
-
-def load_index(path: Path):
-    import faiss
-
-    return faiss.read_index(str(path))
 
 
 def recall_at(index, exact, queries: np.ndarray, k: int = 100) -> float:

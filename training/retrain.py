@@ -3,7 +3,7 @@
 
   prepare          the frozen time split of the lake (train before the cutoff, test after) and the catalog
   train_retrieval  features from train alone (Feast, point in time) -> two-tower       -> artefact/
-  embed_catalog    every catalog item's vector and the ANN index                       -> artefact/
+  embed_catalog    every catalog item's vector (serving builds its ANN index from them) -> artefact/
   train_ranker     the ranker on the label window at the end of train                  -> artefact/
   evaluate         challenger, champion and popularity on the same split               -> evaluation.json
   gate             promote or keep, with the reasons                                   -> decision.json
@@ -75,18 +75,15 @@ def train_retrieval(settings: Settings, run_id: str, device: str = "auto") -> di
 
 
 def embed_catalog(settings: Settings, run_id: str) -> dict:
-    """Vectors of every catalog item (unseen ones from their text and category) and the index serving searches."""
-    from serving.index import build_index, save_index
-
+    """Vectors of every catalog item (unseen ones from their text and category), saved with the artefact. The ANN
+    index over them is serving's concern (serving/index.py): it builds its own from the vectors it loads."""
     folder, split, _ = _load(settings, run_id)
     recommender = artefact.load(folder / "artefact", _store(folder))
     item_ids = np.union1d(split.catalog["item_id"].astype(str).to_numpy(), split.items).astype(object)
     vectors = recommender.retrieval.items(item_ids)
     np.save(folder / "artefact" / "item_vectors.npy", vectors)
     (folder / "artefact" / "item_ids.json").write_text(json.dumps([str(i) for i in item_ids]))
-    index = build_index(vectors)
-    save_index(index, folder / "artefact" / "items.faiss")
-    return {"items": len(item_ids), "index": type(index).__name__}
+    return {"items": len(item_ids)}
 
 
 def train_ranker(settings: Settings, run_id: str, device: str = "auto") -> dict:

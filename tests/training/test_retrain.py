@@ -24,7 +24,7 @@ def test_retrain_publishes_a_champion_and_a_broken_challenger_never_gets_in(tast
     assert set(description["feature_services"]) == {"two_tower_v1", "ranker_v1"}
     assert description["data_window"] and description["cutoff"] and "ranker" in description
     assert pd.Timestamp(description["now"]) == pd.Timestamp(description["cutoff"]), "scored for the cutoff"
-    assert (stored / "items.faiss").exists() and (stored / "item_vectors.npy").exists()
+    assert (stored / "item_vectors.npy").exists() and not (stored / "items.faiss").exists(), "the index is serving's"
 
     # A broken challenger: run 1's artefact with its item vectors scrambled (id and category rows shuffled, text
     # ignored), evaluated on the same split.
