@@ -1,0 +1,132 @@
+"""The naive reference service of bench/serving.py: `bentoml serve bench.naive_service:NaiveRecommender`.
+
+The same champion, the same models and the same request path (serving/recommend.py) as serving.service, but every
+feature a request needs, the user's rows and the candidates' item rows, comes from Feast's Python SDK per request:
+`store.get_online_features(features=store.get_feature_service(...), entity_rows=..., full_feature_names=True)`,
+with no item cache. It is what a first version reading "features from Feast" would do, and the yardstick the
+service's saturated throughput is compared with (issue 16: >= 5x). Only the champion's build (item vectors, index,
+popularity) uses serving's own read path, once, before the first request.
+
+Feast does not enforce a view's TTL on online reads (feast-dev/feast#6821): here a row that exists is fresh and
+only a missing one is missing, so a user the real service would call stale is scored here as fresh.
+"""
+
+import uuid
+from dataclasses import dataclass, field, fields, replace
+
+import bentoml
+import numpy as np
+import pandas as pd
+
+from core.settings import get_settings
+from serving.champion import OnlineRetrieval
+from serving.schemas import FeatureStatus, Recommendations, RecommendedItem
+from serving.service import RecommendRequest
+
+MISSING, FRESH = "missing", "fresh"
+
+
+@dataclass
+class NaiveRetrieval(OnlineRetrieval):
+    """OnlineRetrieval reading each row through Feast's get_online_features, the feature service fetched per call."""
+
+    views: dict = field(default_factory=dict, repr=False)  # service -> key -> [(view, [(feature, kind)])]
+
+    def _read(self, service: str, key: str, ids: list) -> pd.DataFrame:
+        wanted = self.store.get_feature_service(service)  # per call, as a naive caller does
+        views = self.views[service][key]
+        names = {p.name for p in wanted.feature_view_projections}
+        refs = [f"{view}:{name}" for view, columns in views if view in names for name, _ in columns]
+        found = self.store.get_online_features(features=refs, entity_rows=[{key: str(i)} for i in ids],
+                                               full_feature_names=True).to_dict()  # fmt: skip
+        status, frame = {}, {}
+        for view, columns in views:
+            present = np.zeros(len(ids), bool)
+            for name, kind in columns:
+                values = found[f"{view}__{name}"]
+                present |= np.array([v is not None for v in values])
+                frame[f"{view}__{name}"] = _column(values, kind)
+            status[view] = np.where(present, FRESH, MISSING).astype(object)
+        self._note(status)
+        if key == "user_id":  # one row of plain values, as OnlineRetrieval gives a user
+            rows = [{name: _plain(column[j]) for name, column in frame.items()} for j in range(len(ids))]
+            return pd.DataFrame(rows, index=pd.Index(ids, name=key))
+        return pd.DataFrame(frame, index=pd.Index(ids, name=key))
+
+
+def naive_champion(settings, store, now):
+    """serving's champion with its retrieval (and the recommender's) replaced by a NaiveRetrieval."""
+    from serving.champion import SERVICES, load_champion
+
+    champion = load_champion(settings, store, now)
+    if champion is None:
+        raise RuntimeError("no champion in the model store: build the shop first (python -m bench.serving)")
+    views = {}
+    for service in SERVICES:
+        views[service] = {"user_id": [], "item_id": []}
+        for projection in store.get_feature_service(service).feature_view_projections:
+            view = store.get_feature_view(projection.name)
+            columns = [(f.name, _kind(f.dtype)) for f in projection.features]
+            views[service][view.entity_columns[0].name].append((projection.name, columns))
+    template = champion.retrieval
+    naive = NaiveRetrieval(**{f.name: getattr(template, f.name) for f in fields(template) if f.init}, views=views)
+    champion.recommender.retrieval = naive
+    return replace(champion, retrieval=naive)
+
+
+def _kind(dtype) -> str:
+    from feast.types import Array, Bool, Float32, Float64, Int32, Int64
+
+    if dtype in (Int32, Int64, Float32, Float64, Bool):
+        return "number"
+    return "vector" if dtype in (Array(Float32), Array(Float64)) else "object"
+
+
+def _column(values: list, kind: str):
+    """SDK values as features.online gives them: numbers float32 with NaN, vectors as rows (zeros when blank)."""
+    if kind == "number":
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+    if kind == "vector":
+        width = next((len(v) for v in values if v is not None), 0)
+        return [np.zeros(width, np.float32) if v is None else np.asarray(v, np.float32) for v in values]
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray):
+        return value if value.size else None
+    return value
+
+
+@bentoml.service(
+    name="shoprec_naive_recommender",
+    workers=get_settings().serving_workers,
+    threads=get_settings().serving_threads,
+    traffic={"timeout": 10},
+)
+class NaiveRecommender:
+    """POST /recommend as serving.service.Recommender answers it, features through Feast's SDK per request."""
+
+    def __init__(self):
+        import torch
+
+        from core.layout import Layout, lake_as_of
+        from features.store import open_store
+
+        torch.set_num_threads(1)
+        settings = get_settings()
+        self.now = lake_as_of(Layout(settings.home)) or pd.Timestamp.now(tz="UTC")  # a replayed shop's clock
+        self.champion = naive_champion(settings, open_store(settings), self.now)
+
+    @bentoml.api(input_spec=RecommendRequest)
+    def recommend(self, user_id: str, k: int, exclude: list[str], session_items: list[str],
+                  exclude_purchased: bool) -> Recommendations:  # fmt: skip
+        from serving.recommend import recommend
+
+        answer = recommend(self.champion, user_id, k, exclude, session_items, exclude_purchased, self.now)
+        status = FeatureStatus(clock="shop", as_of=str(self.now), views=answer.statuses, stale=[])
+        return Recommendations(items=[RecommendedItem(item_id=i, score=s, reason=r) for i, s, r in answer.items],
+                               model_version=self.champion.tag, request_id=uuid.uuid4().hex, feature_status=status,
+                               fallback=answer.fallback)  # fmt: skip

@@ -1,0 +1,538 @@
+"""Serving speed on this machine (bench/results/serving.json): `python -m bench.serving [--quick] [DATASET ...]`.
+
+For each dataset a shop is built the way the serving tests build theirs (replay through the gate, features, Feast
+apply and materialise, retrain and publish a champion: online_retail the whole bundled data replayed weekly, exact
+index; taobao the ../shared/data excerpt replayed daily, 55k items, HNSW) and cached under bench/.cache/<dataset>-
+<preset>/, since a full-preset retrain takes 5-20 minutes here. Then, one after the other on the same shop:
+
+  shoprec-1w, shoprec-2w   `shoprec serve --workers N --clock shop` (serving.service:Recommender)
+  naive-<N>w               `bentoml serve bench.naive_service:NaiveRecommender`: the same champion and models,
+                           features through Feast's get_online_features per request
+
+Each is warmed up (readyz, then WARMUP requests not counted) and driven by a load generator in its own process on
+127.0.0.1 (asyncio + aiohttp): a fixed-rate run, open loop (request i is sent at t0 + i/rate whatever happened
+before, and its latency counts from that moment, so a stalled server is charged for the queue it causes: no
+coordinated omission), and a saturation run, closed loop (CONNECTIONS connections, each sending its next request
+when the last one answers), whose completed requests per second are the service's capacity with the load
+generator on the same two cores. Requests: POST /recommend, k=10, for users sampled from those with events in the
+shop's last RECENT_DAYS days plus UNKNOWN_SHARE of ids the shop never saw (the cold-start path). An error is a
+non-200 answer or a transport failure (timeouts included). After the runs, each served process's resident memory
+(VmRSS of the bentoml serve process and every descendant: the workers).
+
+The per-stage time of one request is measured in this process, before any server starts, on the same champion:
+serving/recommend.py's steps called one by one for known users.
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
+CACHE = Path(__file__).resolve().parent / ".cache"
+DATASETS = ("online_retail", "taobao")
+EVERY = {"online_retail": "week", "taobao": "day"}
+RATE = 100  # req/s of the fixed-rate run (the issue's target)
+SECONDS = 300  # length of the fixed-rate run (the target is 5 minutes)
+SATURATION_SECONDS = 30
+CONNECTIONS = 12  # closed-loop connections of the saturation run
+WARMUP = 300  # requests per service before anything counts
+TIMEOUT_S = 10  # a request not answered in this long is an error (the service's own traffic timeout is 10 s)
+RECENT_DAYS = 30
+USERS = 2000
+UNKNOWN_SHARE = 0.1
+STAGE_REQUESTS = 300
+TARGETS = {"fixed_rate": {"rate": RATE, "seconds": 300, "p50_ms": 5, "p99_ms": 15, "errors": 0},
+           "saturated": {"req_s": 250, "times_naive": 5}}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The shop and its champion
+
+
+def build_home(dataset: str, preset: str, data_dir: Path) -> tuple[Path, dict]:
+    """The cached shop home for (dataset, preset), built when absent: (home, facts about its build)."""
+    home = CACHE / f"{dataset}-{preset}"
+    done = home / "bench-built.json"
+    if done.exists():
+        return home, {**json.loads(done.read_text()), "cached": True}
+    if home.exists():  # a build stopped half-way: start again
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    print(f"[{dataset}] building the shop and a {preset} champion under {home} (minutes) ...", flush=True)
+    started = time.perf_counter()
+    from core.layout import Layout, lake_as_of
+    from core.settings import Settings
+    from features.build import build
+    from features.store import apply, materialize, open_store
+    from ingest import datasets, replay
+    from training.retrain import retrain
+    from validation.catalog import apply_feeds
+    from validation.gate import pending_batches, run_gate
+
+    settings = Settings(home=home)
+    layout = Layout(home)
+    source = datasets.load(dataset, None if dataset == "online_retail" else data_dir)
+    landed = replay.land(source, layout, every=EVERY[dataset])
+    apply_feeds(layout)
+    verdicts = [run_gate(path, layout, settings) for path in pending_batches(layout)]
+    accepted = sum(v.status == "accepted" for v in verdicts)
+    print(f"[{dataset}] {len(source.events):,} events in {len(landed)} batches, {accepted} accepted", flush=True)
+    build(layout)
+    store = open_store(settings)
+    apply(store, settings)
+    materialize(store, layout, lake_as_of(layout))
+    stepped = time.perf_counter()
+    result = retrain(settings, f"bench-{preset}", preset)
+    if not result.get("published"):
+        raise SystemExit(f"[{dataset}] the retrain published no champion: {result}")
+    facts = {"events": len(source.events), "batches": len(landed), "accepted_batches": int(accepted),
+             "shop_seconds": round(stepped - started, 1), "retrain_seconds": round(time.perf_counter() - stepped, 1),
+             "clock": str(lake_as_of(layout))}  # fmt: skip
+    done.write_text(json.dumps(facts, indent=2) + "\n")
+    return home, {**facts, "cached": False}
+
+
+def sample_users(home: Path, seed: int = 0) -> tuple[list[str], int]:
+    """(user ids for the requests: USERS with events in the last RECENT_DAYS days, and unknown ones, shuffled,
+    how many are unknown)."""
+    from core.layout import Layout, lake_as_of
+    from features.build import read_events
+
+    layout = Layout(home)
+    clock = lake_as_of(layout)
+    events = read_events(layout, clock.strftime("%Y-%m-%d"), columns=["user_id", "event_timestamp"])
+    import pandas as pd
+
+    recent = events[events["event_timestamp"] >= clock - pd.Timedelta(days=RECENT_DAYS)]
+    users = np.sort(recent["user_id"].astype(str).unique())
+    rng = np.random.default_rng(seed)
+    known = rng.choice(users, min(USERS, len(users)), replace=False).tolist()
+    unknown = [f"bench-unknown-{i}" for i in range(round(len(known) * UNKNOWN_SHARE / (1 - UNKNOWN_SHARE)))]
+    picked = known + unknown
+    rng.shuffle(picked)
+    return picked, len(unknown)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-stage time of one request, in process
+
+
+def stage_times(home: Path, users: list[str]) -> dict:
+    """Median and p99 ms of each step of serving/recommend.py's personalised path, for known users with fresh
+    features (the cold path has no model steps), and of the whole recommend() call for every sampled user."""
+    import pandas as pd
+    import torch
+    from tqdm import tqdm
+
+    from core.layout import Layout, lake_as_of
+    from core.settings import Settings
+    from features.store import open_store
+    from serving import recommend as path
+    from serving.champion import load_champion
+    from training.examples import RANKER_SERVICE, TWO_TOWER_SERVICE
+    from training.pipeline import candidate_features
+
+    torch.set_num_threads(1)  # as each worker runs
+    settings = Settings(home=home)
+    now = lake_as_of(Layout(home))
+    started = time.perf_counter()
+    champion = load_champion(settings, open_store(settings), now)
+    load_s = time.perf_counter() - started
+    ranker = champion.recommender.ranker
+    stages = {name: [] for name in ("user_features", "user_tower", "candidates", "ranker_features", "ranker",
+                                    "filters_top_k")}  # fmt: skip
+    whole, personalised = [], 0
+    sample = (users * (STAGE_REQUESTS // max(len(users), 1) + 1))[:STAGE_REQUESTS]
+    for n, user_id in enumerate(tqdm(sample, desc="stages", unit="req", leave=False)):
+        tick = time.perf_counter()
+        path.recommend(champion, user_id, 10, now=now)
+        whole.append(time.perf_counter() - tick)
+        laps = []
+        t = time.perf_counter()
+        retrieval = champion.at(now)
+        user = retrieval.features(RANKER_SERVICE, "user_id", [user_id]).iloc[0]
+        retrieval.features(TWO_TOWER_SERVICE, "user_id", [user_id])
+        statuses = {view: retrieval.statuses.get(view, path.MISSING) for view in path.USER_VIEWS}
+        laps.append(time.perf_counter() - t)
+        if not any(s == path.FRESH for s in statuses.values()):
+            continue  # a cold user: popularity, no model steps
+        history = path._list(user.get("user_history__history_items"))
+        t = time.perf_counter()
+        vector = retrieval.users(np.asarray([user_id], dtype=object))
+        laps.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        if champion.exact:
+            items, vectors, scores = champion.item_ids, champion.vectors, vector @ champion.vectors.T
+        else:
+            _, found = champion.index.search(np.ascontiguousarray(vector, dtype=np.float32), path.CANDIDATE_POOL)
+            past = champion.position.get_indexer(pd.unique(np.asarray(history, dtype=object)))
+            rows = pd.unique(np.concatenate([found[0][found[0] >= 0], past[past >= 0]]))
+            items, vectors = champion.item_ids[rows], champion.vectors[rows]
+            scores = vector @ vectors.T
+        laps.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        frame, features = candidate_features(retrieval, np.asarray([user_id], dtype=object), items, vectors, scores,
+                                             ranker.config.candidates)  # fmt: skip
+        laps.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        probabilities = ranker.probabilities(features)
+        laps.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        out = scores.astype(np.float32) - 100.0
+        out[frame["user"].to_numpy(), frame["item"].to_numpy()] = 10.0 + probabilities[:, 0]
+        allowed = champion.in_catalog.copy()
+        ok = allowed[champion.position.get_indexer(items)]
+        order = np.flatnonzero(ok)[np.argsort(-out[0][ok], kind="stable")[:10]]
+        own = set(history)
+        [(str(items[i]), float(out[0][i]), "repurchase" if items[i] in own else "retrieved") for i in order]
+        laps.append(time.perf_counter() - t)
+        if n >= 20:  # the first calls warm caches and allocators
+            personalised += 1
+            for name, lap in zip(stages, laps, strict=True):
+                stages[name].append(lap)
+
+    def summary(values):
+        ms = np.asarray(values) * 1000
+        return {"p50_ms": round(float(np.median(ms)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)} if len(
+            ms) else None  # fmt: skip
+
+    return {"champion": champion.tag, "items": len(champion.item_ids), "index": "exact" if champion.exact else "hnsw",
+            "candidates": int(ranker.config.candidates), "load_seconds": round(load_s, 1),
+            "personalised_requests": personalised, "stages": {k: summary(v) for k, v in stages.items()},
+            "recommend_call": summary(whole[20:])}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The load generator (its own process)
+
+
+def load_process(
+    url: str, bodies: list[bytes], mode: str, rate: float, seconds: float, connections: int, count: int, queue
+) -> None:
+    """Runs in a child process: mode 'fixed' (open loop at rate for seconds), 'closed' (connections for seconds)
+    or 'warmup' (count requests, closed loop); puts the result dict on queue."""
+    queue.put(asyncio.run(_drive(url, bodies, mode, rate, seconds, connections, count)))
+
+
+async def _drive(url, bodies, mode, rate, seconds, connections, count) -> dict:
+    import aiohttp
+
+    latencies, errors = [], {}
+    connector = aiohttp.TCPConnector(limit=256 if mode == "fixed" else connections)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
+        loop = asyncio.get_running_loop()
+
+        async def one(body: bytes, since: float) -> None:
+            try:
+                async with session.post(url, data=body, headers=headers) as answer:
+                    await answer.read()
+                    if answer.status != 200:
+                        errors[f"http {answer.status}"] = errors.get(f"http {answer.status}", 0) + 1
+                        return
+            except Exception as error:  # noqa: BLE001 - every transport failure is an error of the run
+                errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+                return
+            latencies.append(loop.time() - since)
+
+        t0 = loop.time()
+        if mode == "fixed":
+            tasks, total = [], int(rate * seconds)
+            for i in range(total):
+                scheduled = t0 + i / rate
+                delay = scheduled - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(bodies[i % len(bodies)], scheduled)))
+            await asyncio.gather(*tasks)
+            sent = total
+        else:
+            sent = 0
+            deadline = t0 + seconds
+
+            async def worker(w: int) -> None:
+                nonlocal sent
+                i = w
+                while (loop.time() < deadline) if mode == "closed" else (i < count):
+                    sent += 1
+                    await one(bodies[i % len(bodies)], loop.time())
+                    i += connections
+
+            await asyncio.gather(*(worker(w) for w in range(connections)))
+        elapsed = loop.time() - t0
+    return {"sent": sent, "latencies": latencies, "errors": errors, "elapsed": elapsed}
+
+
+def drive(url: str, bodies: list[bytes], mode: str, rate=0.0, seconds=0.0, connections=1, count=0) -> dict:
+    """One run of the load generator in a spawned process; killed if it overstays."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=load_process, args=(url, bodies, mode, rate, seconds, connections, count, queue),
+                            daemon=True)  # fmt: skip
+    child.start()
+    try:
+        import queue as queues
+
+        deadline = time.monotonic() + (seconds + TIMEOUT_S + 60 if mode != "warmup" else count * TIMEOUT_S + 60)
+        while True:
+            try:
+                result = queue.get(timeout=1)
+                break
+            except queues.Empty:
+                if not child.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the load generator ({mode}) died or overstayed") from None
+    finally:
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+    return result
+
+
+def figures(result: dict, mode: str, rate: float, seconds: float) -> dict:
+    ms = np.asarray(result["latencies"]) * 1000
+    ok, errors = len(ms), sum(result["errors"].values())
+    row = {"sent": result["sent"], "ok": ok, "errors": errors, "error_kinds": result["errors"],
+           "elapsed_s": round(result["elapsed"], 2)}  # fmt: skip
+    if mode == "fixed":
+        row = {"rate": rate, "seconds": seconds, **row, "achieved_req_s": round(ok / result["elapsed"], 1)}
+    else:
+        row = {"connections": CONNECTIONS, "seconds": seconds, **row, "req_s": round(ok / result["elapsed"], 1)}
+    if ok:
+        row.update({f"{name}_ms": round(float(np.percentile(ms, q)), 2)
+                    for name, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))})  # fmt: skip
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+LIVE: list[subprocess.Popen] = []  # every server this process started, stopped on exit whatever happens
+
+
+class Server:
+    """One `bentoml serve` on a free loopback port, in its own process group."""
+
+    def __init__(self, name: str, home: Path, workers: int, naive: bool, log_dir: Path):
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "SHOPREC_HOME": str(home), "SHOPREC_SERVING_CLOCK": "shop",
+               "SHOPREC_SERVING_WORKERS": str(workers)}  # fmt: skip
+        env.pop("SHOPREC_API_KEY", None)
+        python = sys.executable
+        if naive:
+            bentoml = shutil.which("bentoml", path=str(Path(python).parent)) or "bentoml"
+            command = [bentoml, "serve", "bench.naive_service:NaiveRecommender", "--host", "127.0.0.1",
+                       "--port", str(self.port)]  # fmt: skip
+        else:
+            command = [python, "-m", "shoprec", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                       "--workers", str(workers), "--clock", "shop"]  # fmt: skip
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{name}.log"
+        self.log = self.log_path.open("w")
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)  # fmt: skip
+        LIVE.append(self.process)
+
+    def wait_ready(self, timeout: float = 900) -> float:
+        import urllib.error
+        import urllib.request
+
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}: see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return time.monotonic() - started
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not ready in {timeout} s: see {self.log_path}")
+
+    def memory(self) -> list[dict]:
+        """VmRSS of the serve process and each descendant (BentoML's workers among them), MiB."""
+        import psutil
+
+        rows = []
+        root = psutil.Process(self.process.pid)
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                rss_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+                line = " ".join(process.cmdline())
+            except (OSError, StopIteration, psutil.Error):
+                continue
+            role = "worker" if "worker" in line else ("serve" if process.pid == root.pid else "other")
+            rows.append({"pid": process.pid, "role": role, "rss_mib": round(rss_kib / 1024, 1), "cmd": line[-120:]})
+        return rows
+
+    def stop(self) -> None:
+        stop(self.process)
+        self.log.close()
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+        except ProcessLookupError:
+            pass
+    if process in LIVE:
+        LIVE.remove(process)
+
+
+def stop_all(*_):
+    while LIVE:
+        stop(LIVE[-1])
+
+
+def measure(name: str, home: Path, workers: int, naive: bool, bodies: list[bytes], seconds: float,
+            saturation_seconds: float, warmup: int) -> dict:  # fmt: skip
+    server = Server(name, home, workers, naive, CACHE / "logs")
+    try:
+        ready_s = server.wait_ready()
+        url = f"{server.url}/recommend"
+        drive(url, bodies, "warmup", connections=4, count=warmup)
+        print(f"  {name}: ready in {ready_s:.0f} s, warmed up; {RATE} req/s for {seconds:g} s ...", flush=True)
+        fixed = figures(drive(url, bodies, "fixed", rate=RATE, seconds=seconds), "fixed", RATE, seconds)
+        print(f"  {name}: fixed {_line(fixed)}; saturating ...", flush=True)
+        memory = server.memory()
+        saturated = figures(drive(url, bodies[::-1], "closed", seconds=saturation_seconds, connections=CONNECTIONS),
+                            "closed", 0, saturation_seconds)  # fmt: skip
+        print(f"  {name}: saturated {saturated['req_s']} req/s, {_line(saturated)}", flush=True)
+        return {"service": "naive" if naive else "shoprec", "workers": workers, "ready_seconds": round(ready_s, 1),
+                "warmup_requests": warmup, "fixed_rate": fixed, "saturation": saturated, "memory": memory}  # fmt: skip
+    finally:
+        server.stop()
+
+
+def _line(row: dict) -> str:
+    return (f"p50 {row.get('p50_ms')} p95 {row.get('p95_ms')} p99 {row.get('p99_ms')} max {row.get('max_ms')} ms, "
+            f"{row['ok']} ok, {row['errors']} errors")  # fmt: skip
+
+
+def verdicts(runs: dict) -> dict:
+    """Each target, met or not, per shoprec run (the naive one is the yardstick)."""
+    target, out = TARGETS, {}
+    naive = max((r["saturation"]["req_s"] for r in runs.values() if r["service"] == "naive"), default=None)
+    for name, run in runs.items():
+        if run["service"] != "shoprec":
+            continue
+        fixed, saturated = run["fixed_rate"], run["saturation"]
+        full_length = fixed["seconds"] >= target["fixed_rate"]["seconds"]
+        out[name] = {
+            "fixed_rate_full_length": full_length,
+            "p50_ms": {"value": fixed.get("p50_ms"), "target": 5, "met": (fixed.get("p50_ms") or 1e9) <= 5},
+            "p99_ms": {"value": fixed.get("p99_ms"), "target": 15, "met": (fixed.get("p99_ms") or 1e9) <= 15},
+            "errors": {"value": fixed["errors"], "target": 0, "met": fixed["errors"] == 0},
+            "saturated_req_s": {"value": saturated["req_s"], "target": 250, "met": saturated["req_s"] >= 250},
+            "times_naive": {"value": round(saturated["req_s"] / naive, 2) if naive else None, "target": 5,
+                            "met": bool(naive) and saturated["req_s"] >= 5 * naive},
+        }  # fmt: skip
+    return out
+
+
+def save(report: dict) -> None:
+    """Writes what was measured so far, keeping earlier datasets/presets this run did not measure again."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    merged = {**earlier, **report, "datasets": {**earlier.get("datasets", {}), **report["datasets"]}}
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    tmp.replace(RESULTS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n")[0])
+    parser.add_argument("datasets", nargs="*", default=list(DATASETS), help=f"of {', '.join(DATASETS)} (default all)")
+    parser.add_argument("--quick", action="store_true", help="tiny preset, 20 s fixed-rate and 10 s saturation runs")
+    parser.add_argument("--seconds", type=float, help=f"fixed-rate run length (default {SECONDS}, --quick 20)")
+    parser.add_argument("--saturation-seconds", type=float, help=f"(default {SATURATION_SECONDS}, --quick 10)")
+    parser.add_argument("--naive-workers", type=int, default=2, help="workers of the naive service (default 2)")
+    parser.add_argument("--build-only", action="store_true", help="build (or find) the cached shops, measure nothing")
+    args = parser.parse_args()
+    if unknown := set(args.datasets) - set(DATASETS):
+        parser.error(f"unknown dataset(s) {sorted(unknown)}; choose from {DATASETS}")
+    preset = "tiny" if args.quick else "full"
+    seconds = args.seconds or (20 if args.quick else SECONDS)
+    saturation_seconds = args.saturation_seconds or (10 if args.quick else SATURATION_SECONDS)
+    warmup = 100 if args.quick else WARMUP
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below stops the servers
+    import atexit
+
+    atexit.register(stop_all)
+    from core.settings import get_settings
+
+    data_dir = get_settings().data_dir
+    report = {"command": "python -m bench.serving " + " ".join(sys.argv[1:]),
+              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                          "python": platform.python_version()},
+              "targets": TARGETS, "load": {"rate": RATE, "connections": CONNECTIONS, "timeout_s": TIMEOUT_S,
+                                           "k": 10, "unknown_share": UNKNOWN_SHARE, "recent_days": RECENT_DAYS},
+              "datasets": {}, "skipped": []}  # fmt: skip
+    try:
+        for dataset in args.datasets:
+            if dataset == "taobao" and not (data_dir / "taobao_userbehavior_head").is_dir():
+                message = f"taobao: {data_dir / 'taobao_userbehavior_head'} is absent, skipped"
+                print(message, flush=True)
+                report["skipped"].append(message)
+                continue
+            home, built = build_home(dataset, preset, data_dir)
+            if args.build_only:
+                print(f"[{dataset}] shop ready under {home}: {built}", flush=True)
+                continue
+            users, unknown = sample_users(home)
+            print(f"[{dataset}] {len(users)} request users ({unknown} unknown); timing the stages ...", flush=True)
+            known = [u for u in users if not u.startswith("bench-unknown-")]
+            stages = stage_times(home, known)
+            print(f"[{dataset}] stages (ms p50): {({k: v and v['p50_ms'] for k, v in stages['stages'].items()})}",
+                  flush=True)  # fmt: skip
+            bodies = [json.dumps({"user_id": u, "k": 10}).encode() for u in users]
+            row = {"preset": preset, "shop": built, "request_users": len(users), "unknown_users": unknown,
+                   "in_process": stages, "runs": {}}  # fmt: skip
+            key = f"{dataset}/{preset}"
+            plan = [("shoprec-1w", 1, False), ("shoprec-2w", 2, False), (f"naive-{args.naive_workers}w",
+                                                                         args.naive_workers, True)]  # fmt: skip
+            for name, workers, naive in plan:
+                row["runs"][name] = measure(name, home, workers, naive, bodies, seconds, saturation_seconds, warmup)
+                row["verdicts"] = verdicts(row["runs"])
+                report["datasets"][key] = row
+                save(report)
+            print(f"[{dataset}] verdicts: {json.dumps(row['verdicts'])}", flush=True)
+    finally:
+        stop_all()
+    if not args.build_only:
+        print(f"wrote {RESULTS.relative_to(ROOT)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
