@@ -318,6 +318,32 @@ def serve(
     os.execvpe(command[0], command, env)
 
 
+@app.command("feature-server")
+def feature_server(
+    port: Annotated[int, typer.Option(help="port")] = 6566,
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 for every interface)")] = "127.0.0.1",
+    clock: Annotated[
+        str | None,
+        typer.Option(
+            help="freshness clock: wall (a live shop) or shop (a replayed one); default SHOPREC_SERVING_CLOCK"
+        ),
+    ] = None,
+) -> None:
+    """Start the feature server other teams query (Feast's, POST /get-online-features) on this SHOPREC_HOME: values
+    older than their view's TTL answer OUTSIDE_MAX_AGE and null; with SHOPREC_API_KEY set every path but /health
+    needs it (X-API-Key or Authorization: Bearer)."""
+    from features.server import serve as serve_features
+
+    if clock not in (None, "wall", "shop"):
+        typer.echo(f"--clock must be wall or shop, not {clock!r}", err=True)
+        raise typer.Exit(2)
+    settings = get_settings()
+    guarded = "required (X-API-Key)" if settings.api_key else "not set: open (development)"
+    typer.echo(f"feature server on http://{host}:{port}, clock {clock or settings.serving_clock}, API key {guarded}",
+               err=True)  # fmt: skip
+    serve_features(settings, host=host, port=port, clock=clock)
+
+
 @app.command()
 def evaluate(
     dataset: Annotated[str, typer.Option(help="online_retail, taobao or movielens")],
