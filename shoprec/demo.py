@@ -231,8 +231,8 @@ def next_steps(layout: Layout, logs: Path, curl: str) -> str:
       export SHOPREC_HOME={home} AIRFLOW_HOME={os.environ.get("AIRFLOW_HOME", home / "airflow")} \\
              AIRFLOW__CORE__DAGS_FOLDER={Path("dags").resolve()} AIRFLOW__CORE__LOAD_EXAMPLES=False PATH={Path(sys.executable).parent}:$PATH
       airflow standalone        # http://localhost:8080, the login is printed when it starts
-  The same features another team would read, through the Feast feature server:
-      feast -c features/repo -f features/repo/environments/embedded/feature_store.yaml serve -p 6566 &
+  The same features another team would read, through the feature server (stale values marked, not served as fresh):
+      shoprec feature-server --port 6566 --clock shop &
       curl -s -X POST http://localhost:6566/get-online-features -H 'Content-Type: application/json' \\
         -d '{{"feature_service": "ranker_v1", "entities": {{"user_id": ["12748"], "item_id": ["23084"]}}}}'
   The command line: `shoprec status` (the ingest ledger), `shoprec features read USER ITEM...`, `shoprec models`.
