@@ -147,7 +147,8 @@ def sample_users(home: Path, seed: int = 0) -> tuple[list[str], int]:
 
 def stage_times(home: Path, users: list[str]) -> dict:
     """Median and p99 ms of each step of serving/recommend.py's personalised path, for known users with fresh
-    features (the cold path has no model steps), and of the whole recommend() call for every sampled user."""
+    features (the cold path has no model steps), and of the whole recommend() call, for every sampled known user
+    (cold ones included: they answer from popularity) and for the personalised ones alone."""
     import pandas as pd
     import torch
     from tqdm import tqdm
@@ -169,7 +170,7 @@ def stage_times(home: Path, users: list[str]) -> dict:
     ranker = champion.recommender.ranker
     stages = {name: [] for name in ("user_features", "user_tower", "candidates", "ranker_features", "ranker",
                                     "filters_top_k")}  # fmt: skip
-    whole, personalised = [], 0
+    whole, whole_personalised, personalised = [], [], 0
     sample = (users * (STAGE_REQUESTS // max(len(users), 1) + 1))[:STAGE_REQUESTS]
     for n, user_id in enumerate(tqdm(sample, desc="stages", unit="req", leave=False)):
         tick = time.perf_counter()
@@ -216,6 +217,7 @@ def stage_times(home: Path, users: list[str]) -> dict:
         laps.append(time.perf_counter() - t)
         if n >= 20:  # the first calls warm caches and allocators
             personalised += 1
+            whole_personalised.append(whole[-1])
             for name, lap in zip(stages, laps, strict=True):
                 stages[name].append(lap)
 
@@ -227,7 +229,7 @@ def stage_times(home: Path, users: list[str]) -> dict:
     return {"champion": champion.tag, "items": len(champion.item_ids), "index": "exact" if champion.exact else "hnsw",
             "candidates": int(ranker.config.candidates), "load_seconds": round(load_s, 1),
             "personalised_requests": personalised, "stages": {k: summary(v) for k, v in stages.items()},
-            "recommend_call": summary(whole[20:])}  # fmt: skip
+            "recommend_call": summary(whole[20:]), "recommend_call_personalised": summary(whole_personalised)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
