@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from training.candidates import RANKER_FEATURES
 from training.config import RankerConfig, TwoTowerConfig
 from training.examples import RANKER_SERVICE, TWO_TOWER_SERVICE
 from training.item_similarity import ItemSimilarity
 from training.models import Ranker, TwoTower
-from training.pipeline import RANKER_FEATURES, FittedRanker, Retrieval, TwoTowerRecommender
+from training.pipeline import FittedRanker, Retrieval, TwoTowerRecommender
 from training.train import TrainReport
 
 FORMAT = 2  # 2: item_similarity.npz

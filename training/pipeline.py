@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,12 +25,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from core.contract import EVENT_WEIGHTS, as_utc
-from features.build import HISTORY_LENGTH
+from core.contract import as_utc
 from features.training_sets import entity_features
+from training.candidates import RANKER_FEATURES, candidate_features
 from training.config import RankerConfig, TwoTowerConfig, preset
 from training.examples import (
-    RANKER_SERVICE,
     TWO_TOWER_SERVICE,
     item_table,
     user_features,
@@ -49,15 +49,6 @@ from training.train import (
     train_two_tower_with_threads,
     user_vectors,
 )
-
-RANKER_FEATURES = (
-    "retrieval_score", "log_retrieval_rank", "in_history", "history_views", "history_carts", "history_purchases",
-    "log_age_since_user_item", "log_history_position", "user_views_7d", "user_add_to_carts_7d",
-    "user_purchases_30d", "log_user_last_event_age", "user_distinct_items_30d", "item_views_7d",
-    "item_add_to_carts_7d", "item_purchases_30d", "item_conversion_rate_30d", "log_item_first_seen_age",
-    "log_price", "history_max_similarity", "history_mean_similarity", "ease_score", "history_intent",
-)  # fmt: skip
-RECENCY_CAP_S = 3.2e7  # about a year: 'never' reads as older than anything seen
 
 
 @dataclass
@@ -165,7 +156,10 @@ def _training_meanwhile(work):
                 work()
             finally:
                 torch.set_num_threads(threads)
-            return trained.result()
+            try:
+                return trained.result()
+            except BrokenProcessPool:  # it could not start (a script without a __main__ guard) or died: train here
+                return train_two_tower(examples, config, device=device, progress=progress)
 
     return trainer
 
@@ -362,121 +356,6 @@ class FittedRanker:
         out = scores.astype(np.float32) - 100.0
         out[frame["user"].to_numpy(), frame["item"].to_numpy()] = 10.0 + probabilities[:, head]
         return out
-
-
-def candidate_features(retrieval: Retrieval, users, items, vectors: np.ndarray, scores: np.ndarray, n: int):
-    """(candidates, their RANKER_FEATURES): per user the n best items by retrieval score and every item of their
-    own history (as positions into users and items), read through ranker_v1 as of the retrieval's time. vectors
-    are the items' two-tower vectors (already computed for the scores, so not embedded again)."""
-    history = retrieval.features(RANKER_SERVICE, "user_id", users).reset_index(drop=True)
-    past = _history_frame(history)
-    n = min(n, scores.shape[1])
-    top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    frame = pd.DataFrame({"user": np.repeat(np.arange(len(users)), n), "item": top.ravel()})
-    position = pd.Series(np.arange(len(items)), index=pd.Index(items))
-    own = past[["user", "item_id"]].drop_duplicates()
-    own = own.assign(item=position.reindex(own["item_id"]).to_numpy()).dropna(subset=["item"])
-    frame = pd.concat([frame, own[["user", "item"]].astype(np.int64)]).drop_duplicates(ignore_index=True)
-    frame["retrieval_score"] = scores[frame["user"], frame["item"]]
-    ranks = np.empty(scores.shape, np.int64)
-    np.put_along_axis(ranks, np.argsort(-scores, axis=1), np.arange(scores.shape[1])[None, :], axis=1)
-    frame["retrieval_rank"] = ranks[frame["user"], frame["item"]]
-    frame["item_id"] = items[frame["item"].to_numpy()]
-    similarity = _history_similarity(retrieval, items, vectors, past, frame)
-    frame["history_max_similarity"], frame["history_mean_similarity"] = similarity
-    frame["ease_score"] = retrieval.similarity.scores(past, frame)
-    return frame, _ranker_features(retrieval, history, past, frame)
-
-
-def _history_similarity(retrieval: Retrieval, items, vectors: np.ndarray, past: pd.DataFrame, frame: pd.DataFrame):
-    """(max, mean) cosine between each candidate's item vector and those of the user's past items (0 without a
-    past): the item-to-item view of the same model, which the user vector's single summary can blur. Only past
-    items outside `items` are embedded here."""
-    missing = pd.Index(pd.unique(past["item_id"].to_numpy(object))).difference(pd.Index(items))
-    ids = pd.Index(np.concatenate([np.asarray(items, dtype=object), missing.to_numpy(object)]))
-    if len(missing):
-        vectors = np.concatenate([vectors, retrieval.items(missing.to_numpy(object))])
-    vectors = vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9)
-    candidate_rows, past_rows = frame["item"].to_numpy(), ids.get_indexer(past["item_id"])
-    highest, mean = np.zeros(len(frame)), np.zeros(len(frame))
-    past_by_user = past.groupby("user").indices
-    for user, rows in frame.groupby("user").indices.items():
-        if user in past_by_user:
-            similarity = vectors[candidate_rows[rows]] @ vectors[past_rows[past_by_user[user]]].T
-            highest[rows], mean[rows] = similarity.max(1), similarity.mean(1)
-    return highest, mean
-
-
-def _history_frame(history: pd.DataFrame) -> pd.DataFrame:
-    """The user_history lists exploded to one row per past event: user (position), item_id, type, time, position."""
-    lists = [history[f"user_history__history_{name}"].map(lambda v, t=dtype: _as_array(v, t))
-             for name, dtype in (("items", object), ("types", np.int64), ("times", np.int64))]  # fmt: skip
-    sizes = lists[0].map(len).to_numpy(np.int64)
-    flat = [np.concatenate(column.to_list()) if len(column) else np.zeros(0) for column in lists]
-    return pd.DataFrame({"user": np.repeat(np.arange(len(history)), sizes), "item_id": flat[0].astype(object),
-                         "type": flat[1].astype(np.int64), "time": flat[2].astype(np.int64),
-                         "position": np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)})  # fmt: skip
-
-
-def _as_array(value, dtype) -> np.ndarray:
-    """A list-valued feature as an array (empty where the join found no row)."""
-    return np.asarray([] if value is None or isinstance(value, float) else value, dtype=dtype)
-
-
-def _ranker_features(retrieval: Retrieval, history: pd.DataFrame, past: pd.DataFrame, frame) -> np.ndarray:
-    """RANKER_FEATURES per candidate row, from the ranker_v1 user rows (history), their exploded events (past),
-    item rows as of the retrieval's as_of, and the retrieval columns; ages count from its scored_at (<= as_of,
-    the snapshot's midnight)."""
-    as_of, now = retrieval.as_of, retrieval.scored_at
-    past = past.assign(views=past["type"] == 0, carts=past["type"] == 1, purchases=past["type"] == 2)
-    pairs = past.groupby(["user", "item_id"]).agg(
-        views=("views", "sum"), carts=("carts", "sum"), purchases=("purchases", "sum"), last=("time", "max"),
-        first_position=("position", "min"),
-    )  # fmt: skip
-    own = pairs.reindex(pd.MultiIndex.from_arrays([frame["user"], frame["item_id"]]))
-    views, carts, purchases = (own[kind].fillna(0).to_numpy(np.float64) for kind in ("views", "carts", "purchases"))
-    now_s = now.value // 10**9
-    ahead_s = (as_of - now).total_seconds()  # the snapshot's ages count from as_of: take back the time after now
-    item_features = retrieval.features(RANKER_SERVICE, "item_id", frame["item_id"].unique()).reindex(frame["item_id"])
-    user_numbers = history.reindex(frame["user"].to_numpy())
-
-    def number(frame_, column):
-        return pd.to_numeric(frame_[column], errors="coerce").fillna(0).to_numpy(np.float64)
-
-    def age(frame_, column):
-        return np.maximum(number(frame_, column) - ahead_s, 0)
-
-    columns = {
-        "retrieval_score": frame["retrieval_score"].to_numpy(np.float64),
-        "log_retrieval_rank": np.log1p(frame["retrieval_rank"].to_numpy(np.float64)),
-        "in_history": own["views"].notna().to_numpy(np.float64),
-        "history_views": np.log1p(views),
-        "history_carts": np.log1p(carts),
-        "history_purchases": np.log1p(purchases),
-        "log_age_since_user_item": np.log1p(np.clip(now_s - own["last"].fillna(now_s - RECENCY_CAP_S).to_numpy(
-            np.float64), 0, RECENCY_CAP_S)),
-        "log_history_position": np.log1p(own["first_position"].fillna(HISTORY_LENGTH).to_numpy(np.float64)),
-        "user_views_7d": np.log1p(number(user_numbers, "user_activity__views_7d")),
-        "user_add_to_carts_7d": np.log1p(number(user_numbers, "user_activity__add_to_carts_7d")),
-        "user_purchases_30d": np.log1p(number(user_numbers, "user_activity__purchases_30d")),
-        "log_user_last_event_age": np.log1p(age(user_numbers, "user_activity__last_event_age_s")),
-        "user_distinct_items_30d": np.log1p(number(user_numbers, "user_activity__distinct_items_30d")),
-        "item_views_7d": np.log1p(number(item_features, "item_popularity__views_7d")),
-        "item_add_to_carts_7d": np.log1p(number(item_features, "item_popularity__add_to_carts_7d")),
-        "item_purchases_30d": np.log1p(number(item_features, "item_popularity__purchases_30d")),
-        "item_conversion_rate_30d": number(item_features, "item_popularity__conversion_rate_30d"),
-        "log_item_first_seen_age": np.log1p(age(item_features, "item_popularity__first_seen_age_s")),
-        "log_price": np.log1p(np.maximum(number(item_features, "item_catalog__price"), 0)),
-        "history_max_similarity": frame["history_max_similarity"].to_numpy(np.float64),
-        "history_mean_similarity": frame["history_mean_similarity"].to_numpy(np.float64),
-        "ease_score": frame["ease_score"].to_numpy(np.float64),
-        # The user's events on the item weighted by intent (view 1, cart 3, purchase 4), as repurchase's "event"
-        # weighting sums them: three separate log counts cannot add up to it (Taobao 'buy' recall@20 0.269 ->
-        # 0.274, NDCG@20 0.150 -> 0.151, mean of 5 ranker seeds on the same candidates).
-        "history_intent": np.log1p(EVENT_WEIGHTS["view"] * views + EVENT_WEIGHTS["add_to_cart"] * carts
-                                   + EVENT_WEIGHTS["purchase"] * purchases),
-    }  # fmt: skip
-    return np.stack([columns[name] for name in RANKER_FEATURES], axis=1).astype(np.float32)
 
 
 def fit_ranker(windows: list[LabelWindow], config: RankerConfig, device="auto", progress=True):

@@ -14,16 +14,10 @@ import pytest
 
 from tests.training.conftest import tasteful_shop
 from training import protocols
+from training.candidates import RANKER_FEATURES, candidate_features
 from training.config import RankerConfig
 from training.evaluate import RankedTwoTower
-from training.pipeline import (
-    RANKER_FEATURES,
-    LabelWindow,
-    TwoTowerRecommender,
-    candidate_features,
-    ranker_examples,
-    retrieval_examples,
-)
+from training.pipeline import LabelWindow, TwoTowerRecommender, ranker_examples, retrieval_examples
 from training.train import RankerExamples, expected_calibration_error, train_ranker
 
 
