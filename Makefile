@@ -44,6 +44,8 @@ bench: install
 	$(BIN)/python -m bench.validation
 	$(BIN)/python -m bench.features
 	$(BIN)/python -m bench.training
+	$(BIN)/python -m bench.retrain --against 6e49eb5
+	$(BIN)/python -m bench.serving online_retail taobao
 
 clean:
 	rm -rf .shoprec

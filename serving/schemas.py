@@ -12,8 +12,9 @@ MAX_K = 100
 MAX_LISTED = 500  # items in exclude or session_items
 MAX_ID_LENGTH = 128
 
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, strip_whitespace=True)]
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, strip_whitespace=True)]
+# Ids are trimmed and must keep a character: the pattern puts "not blank" in the schema clients (and schemathesis) read.
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, strip_whitespace=True, pattern=r"\S")]
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, strip_whitespace=True, pattern=r"\S")]
 Reason = Literal["retrieved", "repurchase", "popular", "similar"]
 Status = Literal["fresh", "stale", "missing"]
 
