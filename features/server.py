@@ -16,13 +16,13 @@ every endpoint, request and response format stays Feast's) behind one ASGI wrapp
 `shoprec feature-server` runs it with uvicorn.
 """
 
-import hmac
 import json
 import logging
 import threading
 import time
 from datetime import UTC, datetime
 
+from core.asgi import KEY_REFUSED, answer, has_key, read_body, replay
 from core.layout import Layout, lake_as_of
 from core.settings import Settings
 
@@ -85,12 +85,12 @@ class FeatureServer:
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         if path not in OPEN_PATHS and self._key is not None and not self._authorised(scope):
-            return await _answer(send, 401, {"error": "missing or wrong API key: send it as X-API-Key"})
+            return await answer(send, 401, KEY_REFUSED)
         now_ns, kind = self.clock.now()
         clock = (CLOCK_HEADER, f"{kind} {_iso(now_ns)}".encode())
         if path != ONLINE_PATH or scope.get("method") != "POST":
             return await self.app(scope, receive, _with_header(send, clock))
-        body = await _read_body(receive)
+        body = await read_body(receive)
         if body is None:
             return  # the client went away
         from feast.errors import FeastError
@@ -99,13 +99,10 @@ class FeatureServer:
             ttls = self._ttls_of(json.loads(body))
         except (ValueError, TypeError, AttributeError, FeastError):  # Feast cannot answer it either: it says why
             ttls = {}
-        await self.app(scope, _replay(body, receive), _judging(send, ttls, now_ns, clock))
+        await self.app(scope, replay(body, receive), _judging(send, ttls, now_ns, clock))
 
     def _authorised(self, scope) -> bool:
-        given = _header(scope, b"x-api-key")
-        if given is None and (bearer := _header(scope, b"authorization")) and bearer.lower().startswith("bearer "):
-            given = bearer[7:].strip()
-        return given is not None and hmac.compare_digest(given.encode(), self._key)
+        return has_key(scope, self._key)
 
     def _ttls_of(self, request: dict) -> dict[str, int]:
         """Response column name -> its view's TTL in nanoseconds, for the features a request names (0: never
@@ -205,30 +202,6 @@ def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(microsecond=ns % 1_000_000_000 // 1000).isoformat()
 
 
-async def _read_body(receive) -> bytes | None:
-    body, more = b"", True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-    return body
-
-
-def _replay(body: bytes, receive):
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # after the body: the client's disconnect, when it comes
-
-    return replay
-
-
 def _with_header(send, header: tuple[bytes, bytes]):
     async def sending(message):
         if message["type"] == "http.response.start":
@@ -264,17 +237,3 @@ def _judging(send, ttls: dict[str, int], now_ns: int, clock: tuple[bytes, bytes]
         await send({"type": "http.response.body", "body": payload})
 
     return sending
-
-
-async def _answer(send, status: int, body: dict) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
-def _header(scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return value.decode("latin-1")
-    return None

@@ -9,8 +9,7 @@
   answer 503 with the same reason until then.
 """
 
-import hmac
-import json
+from core.asgi import KEY_REFUSED, BodyTooLarge, answer, has_key, header, read_body, replay
 
 OPEN_PATHS = ("/livez", "/healthz", "/metrics")
 
@@ -30,58 +29,25 @@ class Guard:
         path = scope.get("path", "")
         if path == "/readyz":
             ready, body = self.status()
-            return await _answer(send, 200 if ready else 503, body)
+            return await answer(send, 200 if ready else 503, body)
         if path not in OPEN_PATHS and self.api_key is not None and not self._authorised(scope):
-            return await _answer(send, 401, {"error": "missing or wrong API key: send it as X-API-Key"})
+            return await answer(send, 401, KEY_REFUSED)
         if path in self.api_paths and not (state := self.status())[0]:
             # BentoML hides the message of any 5xx; a client should read why it cannot be served yet.
-            return await _answer(send, 503, {"error": state[1]["reason"], "ready": False})
-        declared = _header(scope, b"content-length")
+            return await answer(send, 503, {"error": state[1]["reason"], "ready": False})
+        declared = header(scope, b"content-length")
         if declared is not None:
             if not declared.isdigit() or int(declared) > self.max_bytes:
-                return await _answer(send, 413, {"error": f"request body over {self.max_bytes:,} bytes"})
+                return await answer(send, 413, {"error": f"request body over {self.max_bytes:,} bytes"})
             return await self.app(scope, receive, send)
         # A streamed body (no Content-Length): read it here up to the limit, then hand it on whole.
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                return await _answer(send, 413, {"error": f"request body over {self.max_bytes:,} bytes"})
-        return await self.app(scope, _replay(body, receive), send)
+        try:
+            body = await read_body(receive, self.max_bytes)
+        except BodyTooLarge:
+            return await answer(send, 413, {"error": f"request body over {self.max_bytes:,} bytes"})
+        if body is None:
+            return  # the client went away
+        return await self.app(scope, replay(body, receive), send)
 
     def _authorised(self, scope) -> bool:
-        given = _header(scope, b"x-api-key")
-        if given is None and (bearer := _header(scope, b"authorization")) and bearer.lower().startswith("bearer "):
-            given = bearer[7:].strip()
-        return given is not None and hmac.compare_digest(given.encode(), self.api_key)
-
-
-def _replay(body: bytes, receive):
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-async def _answer(send, status: int, body: dict) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
-def _header(scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return value.decode("latin-1")
-    return None
+        return has_key(scope, self.api_key)
