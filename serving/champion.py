@@ -119,6 +119,7 @@ def load_champion(settings: Settings, store, now: pd.Timestamp, readers: dict | 
     vectors = np.ascontiguousarray(template.items(item_ids), dtype=np.float32)
     index = build_index(vectors)
     popularity, popular_fresh = _popularity(readers[RANKER_SERVICE], item_ids, now)
+    position = pd.Index(item_ids)
     return Champion(
         tag=tag,
         recommender=recommender,
@@ -126,9 +127,9 @@ def load_champion(settings: Settings, store, now: pd.Timestamp, readers: dict | 
         item_ids=item_ids,
         vectors=vectors,
         index=index,
-        position=pd.Index(item_ids),
-        in_catalog=pd.Index(item_ids).isin(catalog),
-        from_text=~pd.Index(item_ids).isin(pd.Index(trained.trained_ids)),
+        position=position,
+        in_catalog=position.isin(catalog),
+        from_text=~position.isin(pd.Index(trained.trained_ids)),
         popularity=popularity,
         popularity_fresh=popular_fresh,
         materialisation=readers[RANKER_SERVICE].cache_version,
@@ -160,7 +161,7 @@ def _popularity(reader: OnlineFeatures, item_ids: np.ndarray, now: pd.Timestamp)
 
 
 def _plain(value):
-    """An online value as the offline join gives it: NaN for a blank number, None for a blank list or text."""
+    """An online list value as the offline join gives it: None for an empty one (a blanked or missing row)."""
     if isinstance(value, np.ndarray):
         return value if value.size else None
     return value
