@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         "worker (the local executor ignores queues).",
     )
     task_retries: int = Field(2, ge=0, description="Airflow retries per task.")
+    task_retry_delay: timedelta = Field(
+        timedelta(minutes=1),
+        description="Airflow's wait before a task's retry (retrain_models' tasks wait twice as long): a task "
+        "lost with its scheduler, or cut off by a database restart, runs again after it.",
+    )
     feast_env: Literal["embedded", "production"] = Field(
         "embedded",
         description="Which feature_store.yaml under features/repo/environments/ to use: embedded (file registry, "

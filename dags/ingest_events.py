@@ -5,7 +5,7 @@ Thin TaskFlow wiring: the tasks call the same functions as `shoprec ingest`. One
 batch's verdict is visible in the UI; a failed batch fails its own task with the gate's one-line reason.
 """
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import Asset, dag, task
 
@@ -22,7 +22,7 @@ settings = get_settings()
     catchup=False,
     max_active_runs=1,  # batches are judged in order: a later one must see the ids an earlier one accepted
     tags=["shoprec", "ingest"],
-    default_args={"retries": settings.task_retries, "retry_delay": timedelta(minutes=1)},
+    default_args={"retries": settings.task_retries, "retry_delay": settings.task_retry_delay},
 )
 def ingest_events():
     @task

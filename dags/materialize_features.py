@@ -5,7 +5,7 @@ Thin TaskFlow wiring over the same functions as `shoprec features build` and `sh
 Every step is idempotent: a re-run rewrites the same feature files and materialises nothing new.
 """
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import Asset, dag, task
 
@@ -24,7 +24,7 @@ settings = get_settings()
     catchup=False,
     max_active_runs=1,  # builds and materialisations must not interleave
     tags=["shoprec", "features"],
-    default_args={"retries": settings.task_retries, "retry_delay": timedelta(minutes=1)},
+    default_args={"retries": settings.task_retries, "retry_delay": settings.task_retry_delay},
 )
 def materialize_features():
     @task

@@ -8,7 +8,7 @@ The training tasks carry SHOPREC_TRAINING_QUEUE, so a Celery or Kubernetes deplo
 worker; the same code trains on the CPU elsewhere. Thin TaskFlow wiring over training/retrain.py.
 """
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import Asset, dag, get_current_context, task
 
@@ -30,7 +30,7 @@ def _run_id() -> str:
     catchup=False,
     max_active_runs=1,
     tags=["shoprec", "training"],
-    default_args={"retries": settings.task_retries, "retry_delay": timedelta(minutes=2)},
+    default_args={"retries": settings.task_retries, "retry_delay": 2 * settings.task_retry_delay},
 )
 def retrain_models():
     @task(inlets=[ONLINE_FEATURES])

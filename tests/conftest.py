@@ -1,9 +1,12 @@
 """Shared fixtures: a throwaway SHOPREC_HOME per test, the shared datasets (skipped with a message when absent),
-and an Airflow home with a migrated metadata database for DAG tests."""
+an Airflow home with a migrated metadata database for DAG tests, and a real redis-server of a test's own."""
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -65,3 +68,58 @@ def batch(rows: list[dict], **defaults) -> pd.DataFrame:
     base.update(defaults)
     frame = pd.DataFrame([{**base, "event_id": f"e{i}", **row} for i, row in enumerate(rows)])
     return frame
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port (.ci/run installs it), until stop(). With a folder, it keeps its
+    data there across stop() and start() (a dump at shutdown), as a restarted production Redis would."""
+
+    def __init__(self, folder: Path | None = None):
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            pytest.skip("redis-server is not installed (.ci/run installs it with apt-get)")
+        self.port, self.folder, self.process = free_port(), folder, None
+        self.url = f"127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        keep = ["--dir", str(self.folder), "--save", "", "--appendonly", "no"] if self.folder else ["--save", ""]
+        self.process = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", *keep],
+                                        stdout=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        """Shut it down (saving its data when it has a folder); returns once the port is closed."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if self.folder:
+            subprocess.run(
+                ["redis-cli", "-p", str(self.port), "shutdown", "save"], check=False, capture_output=True, timeout=30
+            )
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    """A real redis-server on a free port for a test module; skipped with a message where it is absent."""
+    server = RedisServer()
+    yield server.url
+    server.stop()

@@ -1,10 +1,6 @@
 """The Feast store for real: point-in-time training sets without leakage, materialisation, and the online read
 path with its staleness rule, on SQLite and on a real redis-server."""
 
-import os
-import shutil
-import socket
-import subprocess
 import time
 
 import pandas as pd
@@ -17,27 +13,6 @@ from features.training_sets import training_set
 from tests.features.conftest import brute_force, online_rows
 
 END = pd.Timestamp("2024-03-22", tz="UTC")  # the lake's logical time: the end of the shop's last day
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    """A real redis-server on a free port (.ci/run installs it); skipped with a message where it is absent."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it with apt-get)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    os.killpg(server.pid, 15)
-    server.wait(timeout=10)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
