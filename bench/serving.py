@@ -158,8 +158,8 @@ def stage_times(home: Path, users: list[str]) -> dict:
     from features.store import open_store
     from serving import recommend as path
     from serving.champion import load_champion
-    from training.examples import RANKER_SERVICE, TWO_TOWER_SERVICE
-    from training.pipeline import candidate_features
+    from training.examples import RANKER_SERVICE
+    from training.candidates import candidate_features
 
     torch.set_num_threads(1)  # as each worker runs
     settings = Settings(home=home)
@@ -179,13 +179,12 @@ def stage_times(home: Path, users: list[str]) -> dict:
         laps = []
         t = time.perf_counter()
         retrieval = champion.at(now)
-        user = retrieval.features(RANKER_SERVICE, "user_id", [user_id]).iloc[0]
-        retrieval.features(TWO_TOWER_SERVICE, "user_id", [user_id])
+        user = retrieval.columns(RANKER_SERVICE, "user_id", [user_id])
         statuses = {view: retrieval.statuses.get(view, path.MISSING) for view in path.USER_VIEWS}
         laps.append(time.perf_counter() - t)
         if not any(s == path.FRESH for s in statuses.values()):
             continue  # a cold user: popularity, no model steps
-        history = path._list(user.get("user_history__history_items"))
+        history = path._list(user["user_history__history_items"][0])
         t = time.perf_counter()
         vector = retrieval.users(np.asarray([user_id], dtype=object))
         laps.append(time.perf_counter() - t)
@@ -200,15 +199,15 @@ def stage_times(home: Path, users: list[str]) -> dict:
             scores = vector @ vectors.T
         laps.append(time.perf_counter() - t)
         t = time.perf_counter()
-        frame, features = candidate_features(retrieval, np.asarray([user_id], dtype=object), items, vectors, scores,
-                                             ranker.config.candidates)  # fmt: skip
+        candidates, features = candidate_features(retrieval, np.asarray([user_id], dtype=object), items, vectors,
+                                                  scores, ranker.config.candidates)  # fmt: skip
         laps.append(time.perf_counter() - t)
         t = time.perf_counter()
         probabilities = ranker.probabilities(features)
         laps.append(time.perf_counter() - t)
         t = time.perf_counter()
         out = scores.astype(np.float32) - 100.0
-        out[frame["user"].to_numpy(), frame["item"].to_numpy()] = 10.0 + probabilities[:, 0]
+        out[candidates.user, candidates.item] = 10.0 + probabilities[:, 0]
         allowed = champion.in_catalog.copy()
         ok = allowed[champion.position.get_indexer(items)]
         order = np.flatnonzero(ok)[np.argsort(-out[0][ok], kind="stable")[:10]]

@@ -75,19 +75,24 @@ class OnlineFeatures:
     def read_items(self, item_ids: list[str], now: pd.Timestamp) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Items' features (one row per id, in order) and each item view's per-item status at now; rows come from
         the in-process cache, filled from the store for ids not seen since the last materialisation."""
-        items, item_status = {}, {}
+        return self.item_rows(item_ids).at(now)
+
+    def item_rows(self, item_ids: list[str]) -> "ItemRows":
+        """Items' stored rows, not yet judged: what `ItemRows.at` blanks for a moment. Serving keeps the whole
+        catalog's and judges the few rows of a request (features read once per materialisation, off the
+        request path)."""
         self._check_version()
+        views = []
         for view, names, kinds in self._views["item_id"]:
             cached = self._cache.setdefault(view.name, {})
             unknown = list(dict.fromkeys(i for i in item_ids if i not in cached))
             if unknown:
                 cached.update(zip(unknown, self._read_rows(view, names, "item_id", unknown), strict=True))
             rows = [cached[i] for i in item_ids]
-            statuses = _statuses([stamp for stamp, _ in rows], view.ttl, now)
-            item_status[view.name] = statuses
-            fresh = [values if s == FRESH else None for (_, values), s in zip(rows, statuses, strict=True)]
-            items.update(_columns(view.name, names, kinds, fresh))
-        return items, item_status
+            stamps = np.array([MISSING_STAMP if stamp is None else stamp for stamp, _ in rows], dtype=np.int64)
+            columns = _columns(view.name, names, kinds, [values for _, values in rows])
+            views.append((view.name, pd.Timedelta(view.ttl).value if view.ttl else 0, stamps, columns))
+        return ItemRows(views)
 
     @property
     def cache_version(self):
@@ -116,6 +121,42 @@ class OnlineFeatures:
         if version != self._cache_version:
             self._cache.clear()
             self._cache_version = version
+
+
+class ItemRows:
+    """Some items' stored rows per item view (event time and values), judged at a moment by `at`: the same
+    fresh / stale / missing rule as a user's row, applied to a whole column at once."""
+
+    def __init__(self, views: list[tuple[str, int, np.ndarray, dict[str, np.ndarray]]]):
+        self.views = views  # [(view, ttl ns (0: never stale), event time ns per row, columns)]
+
+    def at(self, now: pd.Timestamp, rows: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(features of the rows (all by default), blanked where not fresh at now; each view's status per row)."""
+        values, statuses = {}, {}
+        for view, ttl, stamps, columns in self.views:
+            stamps = stamps if rows is None else stamps[rows]
+            found = stamps != MISSING_STAMP
+            fresh = found & (stamps >= now.value - ttl) if ttl else found
+            statuses[view] = np.where(~found, MISSING, np.where(fresh, FRESH, STALE)).astype(object)
+            for name, column in columns.items():
+                column = column if rows is None else column[rows]
+                values[name] = _blank(column, fresh)
+        return values, statuses
+
+
+MISSING_STAMP = np.iinfo(np.int64).min  # the event time of a row the store does not have
+
+
+def _blank(column: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+    """A column with its rows that are not fresh blanked as _columns blanks them (NaN, zeros, None)."""
+    if fresh.all():
+        return column
+    if column.dtype == object:
+        out = column.copy()
+        out[~fresh] = None
+        return out
+    blank = np.nan if column.ndim == 1 else 0.0
+    return np.where(fresh if column.ndim == 1 else fresh[:, None], column, blank).astype(column.dtype)
 
 
 def _stamp_ns(stamp) -> int | None:

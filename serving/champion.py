@@ -7,8 +7,9 @@ Parity with training is by construction: `OnlineRetrieval` is training's `Retrie
 building, the ranker features and the ranker are training's own code (training/pipeline.py), fed by online values.
 """
 
+import copy
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pandas as pd
 from core.contract import EVENT_WEIGHTS, as_utc
 from core.layout import Layout, read_json
 from core.settings import Settings
-from features.online import FRESH, MISSING, STALE, OnlineFeatures
+from features.online import FRESH, MISSING, STALE, ItemRows, OnlineFeatures
 from serving.index import build_index
 from training import artefact
 from training import publish as model_store
@@ -26,47 +27,66 @@ from training.pipeline import Retrieval, TwoTowerRecommender
 
 SERVICES = (TWO_TOWER_SERVICE, RANKER_SERVICE)
 STATUS_ORDER = {FRESH: 0, MISSING: 1, STALE: 2}  # the worst status of a view among the rows read wins
+DAY_NS = 86_400 * 10**9
 
 
 @dataclass
 class OnlineRetrieval(Retrieval):
-    """Training's Retrieval reading the online store: freshness judged at `scored_at`, every view's status kept."""
+    """Training's Retrieval reading the online store: freshness judged at `scored_at`, every view's status kept.
+    Columns come as numpy arrays (a request reads one user and a few dozen items: building frames would cost more
+    than the features); the items' rows from `catalog`, read when the champion was loaded."""
 
     readers: dict = field(default_factory=dict, repr=False)  # service -> features.online.OnlineFeatures
+    catalog: ItemRows | None = field(default=None, repr=False)  # ranker_v1 rows of every item the champion indexes
+    catalog_position: pd.Index | None = field(default=None, repr=False)  # item id -> row of catalog
     statuses: dict = field(default_factory=dict, init=False, repr=False)  # view -> worst status read
 
-    def features(self, service: str, key: str, ids) -> pd.DataFrame:
-        ids = pd.Index(np.asarray(ids, dtype=object))
-        if key == "user_id":
-            # ranker_v1's user views hold every user feature two_tower_v1 reads: one read serves both towers.
-            service = RANKER_SERVICE
-        cached = self._joined.get((service, key))
-        missing = ids.unique() if cached is None else ids.unique().difference(cached.index, sort=False)
-        if len(missing):
-            fresh = self._read(service, key, missing.to_list())
-            cached = fresh if cached is None else pd.concat([cached, fresh])
-            self._joined[(service, key)] = cached
-        return cached.reindex(ids)
+    def at(self, now: pd.Timestamp) -> "OnlineRetrieval":
+        """A copy for one request at the UTC moment now, reading the snapshot of now's midnight, with nothing
+        read yet (dataclasses.replace costs more than the rest of the clock handling: a request makes one)."""
+        request = copy.copy(self)
+        request.as_of = pd.Timestamp(now.value - now.value % DAY_NS, tz="UTC")  # now.floor("D"), cheaper
+        request.now, request._joined, request.statuses = now, {}, {}
+        return request
 
-    def _read(self, service: str, key: str, ids: list) -> pd.DataFrame:
-        reader, now = self.readers[service], self.scored_at
+    def columns(self, service: str, key: str, ids) -> dict[str, np.ndarray]:
+        ids = np.asarray(ids, dtype=object)
         if key == "user_id":
-            rows = []
-            for user_id in ids:  # a request reads one user; evaluation-sized batches never come here
-                values, status = reader.read_user(user_id, now)
-                self._note({view: np.array([s]) for view, s in status.items()})
-                rows.append({name: _plain(column[0]) for name, column in values.items()})
-            return pd.DataFrame(rows, index=pd.Index(ids, name=key))
-        values, status = reader.read_items(ids, now)
+            return self._users(ids)
+        if service == RANKER_SERVICE and self.catalog is not None:
+            rows = self.catalog_position.get_indexer(ids)
+            if (rows >= 0).all():
+                values, status = self.catalog.at(self.scored_at, rows)
+                self._note(status)
+                return values
+        values, status = self.readers[service].read_items(list(ids), self.scored_at)
         self._note(status)
-        return pd.DataFrame({name: list(column) if column.ndim > 1 else column for name, column in values.items()},
-                            index=pd.Index(ids, name=key))  # fmt: skip
+        return values
+
+    def features(self, service: str, key: str, ids) -> pd.DataFrame:
+        """The columns as a frame, as the offline join gives them (item_table reads it): a vector per row."""
+        columns = self.columns(service, key, ids)
+        return pd.DataFrame({name: list(column) if column.ndim > 1 else column for name, column in columns.items()},
+                            index=pd.Index(np.asarray(ids, dtype=object), name=key))  # fmt: skip
+
+    def _users(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """ranker_v1's user views hold every user feature two_tower_v1 reads: one read serves both towers and
+        the ranker. A request reads one user; evaluation-sized batches never come here."""
+        rows = []
+        for user_id in ids:
+            values = self._joined.get(user_id)
+            if values is None:
+                values, status = self.readers[RANKER_SERVICE].read_user(user_id, self.scored_at)
+                self._note({view: np.array([found], dtype=object) for view, found in status.items()})
+                self._joined[user_id] = values
+            rows.append(values)
+        return rows[0] if len(rows) == 1 else {name: np.concatenate([row[name] for row in rows]) for name in rows[0]}
 
     def _note(self, status: dict) -> None:
         for view, found in status.items():
-            worst = max(found, key=STATUS_ORDER.get, default=FRESH)
+            worst = STALE if (found == STALE).any() else MISSING if (found == MISSING).any() else FRESH
             if STATUS_ORDER[worst] >= STATUS_ORDER[self.statuses.get(view, FRESH)]:
-                self.statuses[view] = str(worst)
+                self.statuses[view] = worst
 
 
 @dataclass
@@ -92,8 +112,7 @@ class Champion:
         """A per-request retrieval judging freshness and counting ages at now. The newest online rows are the
         snapshot stamped at now's midnight (a day's row is materialised once the day is over), so ages in them
         count from there: training's `ahead` correction then adds the hours since."""
-        now = as_utc(now)
-        return replace(self.retrieval, as_of=now.floor("D"), now=now)
+        return self.retrieval.at(as_utc(now))
 
 
 def load_champion(settings: Settings, store, now: pd.Timestamp, readers: dict | None = None) -> Champion | None:
@@ -118,8 +137,10 @@ def load_champion(settings: Settings, store, now: pd.Timestamp, readers: dict | 
     # Every item's vector from its online catalog row, as offline scoring embeds them from the offline one.
     vectors = np.ascontiguousarray(template.items(item_ids), dtype=np.float32)
     index = build_index(vectors)
-    popularity, popular_fresh = _popularity(readers[RANKER_SERVICE], item_ids, now)
     position = pd.Index(item_ids)
+    # The ranker's item rows of the whole catalog, read now: no request pays a cold read.
+    template.catalog, template.catalog_position = readers[RANKER_SERVICE].item_rows(list(item_ids)), position
+    popularity, popular_fresh = _popularity(template.catalog, now)
     return Champion(
         tag=tag,
         recommender=recommender,
@@ -145,11 +166,11 @@ def _catalog_ids(layout: Layout, directory: Path) -> np.ndarray:
     return np.asarray(read_json(directory / "artefact.json")["trained_item_ids"], dtype=object)
 
 
-def _popularity(reader: OnlineFeatures, item_ids: np.ndarray, now: pd.Timestamp) -> tuple[np.ndarray, bool]:
+def _popularity(catalog: ItemRows, now: pd.Timestamp) -> tuple[np.ndarray, bool]:
     """Recent intent-weighted events per item from item_popularity (views 1, carts 3, purchases 4, as repurchase
-    weighs them), read now (which also warms the item cache: no request pays a cold read). Stale rows count 0:
-    where none is fresh (a replayed shop judged at the wall clock) the fallback says so."""
-    values, status = reader.read_items(list(item_ids), now)
+    weighs them), judged now. Stale rows count 0: where none is fresh (a replayed shop judged at the wall clock)
+    the fallback says so."""
+    values, status = catalog.at(now)
     fresh = status.get("item_popularity", np.array([], dtype=object)) == FRESH
 
     def column(name):
@@ -159,9 +180,3 @@ def _popularity(reader: OnlineFeatures, item_ids: np.ndarray, now: pd.Timestamp)
              + EVENT_WEIGHTS["purchase"] * column("purchases_30d"))  # fmt: skip
     return score, bool(fresh.any())
 
-
-def _plain(value):
-    """An online list value as the offline join gives it: None for an empty one (a blanked or missing row)."""
-    if isinstance(value, np.ndarray):
-        return value if value.size else None
-    return value

@@ -39,13 +39,13 @@ def recommend(champion: Champion, user_id: str, k: int, exclude=(), session_item
               now=None) -> Answer:  # fmt: skip
     """The top k for one user at the clock moment now."""
     retrieval = champion.at(now)
-    user = retrieval.features(RANKER_SERVICE, "user_id", [user_id]).iloc[0]
-    history = _list(user.get("user_history__history_items"))
+    user = retrieval.columns(RANKER_SERVICE, "user_id", [user_id])
+    history = _list(user["user_history__history_items"][0])
     user_status = {view: retrieval.statuses.get(view, MISSING) for view in USER_VIEWS}
     blocked = np.zeros(len(champion.item_ids), bool)
     _block(champion, blocked, exclude)
     if exclude_purchased:
-        types = _list(user.get("user_history__history_types"))
+        types = _list(user["user_history__history_types"][0])
         _block(champion, blocked, [item for item, kind in zip(history, types, strict=False) if kind == PURCHASE])
     allowed = champion.in_catalog & ~blocked
 
@@ -99,12 +99,12 @@ def _personalised(champion: Champion, retrieval, user_id: str, history: list, al
     final = {}
     if ranker is not None:
         rows = pd.unique(np.concatenate([best, past[past >= 0]]))
-        frame, features = candidate_features(retrieval, np.asarray([user_id], dtype=object), champion.item_ids[rows],
+        candidates, features = candidate_features(retrieval, np.asarray([user_id], dtype=object), champion.item_ids[rows],
                                              champion.vectors[rows], scores[rows][None, :],
                                              ranker.config.candidates, ranks[rows][None, :])  # fmt: skip
         head = Ranker.TASKS.index("interact")
         probability = ranker.probabilities(features)[:, head]
-        candidate_rows = rows[frame["item"].to_numpy()]
+        candidate_rows = rows[candidates.item]
         keep = allowed[candidate_rows]
         for row, p in sorted(zip(candidate_rows[keep], 10.0 + probability[keep], strict=True), key=lambda x: -x[1]):
             final[row] = float(p)

@@ -3,19 +3,21 @@
 Per user: the n best items by retrieval score plus every item of the user's own history; per candidate the 23
 RANKER_FEATURES. Training calls it for thousands of users at once (label windows, evaluation), serving for one user
 per request, so it works on flat arrays keyed by (user, item) codes: no per-row Python, no pandas groupby (at one
-user a groupby costs more than the arithmetic). The features read the user's ranker_v1 row (their history and
-activity) and the candidates' item rows through `retrieval.features`, which is Feast's point-in-time join offline
-and the online store in serving: the same numbers either way.
+user a groupby costs more than the arithmetic, and at one user building a DataFrame costs more than the features).
+The features read the user's ranker_v1 row (their history and activity) and the candidates' item rows through
+`retrieval.columns`, which is Feast's point-in-time join offline and the online store in serving: the same numbers
+either way.
 """
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
 
 from core.contract import EVENT_WEIGHTS
 from features.build import HISTORY_LENGTH
-from training.examples import RANKER_SERVICE
+from training.examples import RANKER_SERVICE, numbers, zero_blanks
 
 RANKER_FEATURES = (
     "retrieval_score", "log_retrieval_rank", "in_history", "history_views", "history_carts", "history_purchases",
@@ -40,8 +42,9 @@ class Past:
     position: np.ndarray  # int64
 
     @classmethod
-    def of(cls, history: pd.DataFrame) -> "Past":
-        lists = [[_as_array(v, dtype) for v in history[f"user_history__history_{name}"].to_numpy()]
+    def of(cls, history: Mapping) -> "Past":
+        """From the users' ranker_v1 columns (a joined frame, or the online store's arrays)."""
+        lists = [[_as_array(v, dtype) for v in np.asarray(history[f"user_history__history_{name}"], dtype=object)]
                  for name, dtype in (("items", object), ("types", np.int64), ("times", np.int64))]  # fmt: skip
         sizes = np.fromiter((len(v) for v in lists[0]), np.int64, count=len(lists[0]))
         flat = [np.concatenate(column) if sizes.sum() else np.zeros(0, dtype) for column, dtype in
@@ -50,20 +53,34 @@ class Past:
         return cls(np.repeat(np.arange(len(sizes)), sizes), flat[0].astype(object), flat[1].astype(np.int64),
                    flat[2].astype(np.int64), np.arange(sizes.sum()) - starts)  # fmt: skip
 
+
+@dataclass
+class Candidates:
+    """One row per (user, item) candidate, as flat arrays."""
+
+    user: np.ndarray  # int64 position into the users asked for
+    item: np.ndarray  # int64 position into the items asked for
+    item_id: np.ndarray  # object
+    retrieval_score: np.ndarray
+    retrieval_rank: np.ndarray  # int64, 0 = best
+    history_max_similarity: np.ndarray
+    history_mean_similarity: np.ndarray
+    ease_score: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user)
+
     def frame(self) -> pd.DataFrame:
-        """As a DataFrame with columns user, item_id (what ItemSimilarity.scores reads)."""
-        return pd.DataFrame({"user": self.user, "item_id": self.item_id})
+        return pd.DataFrame({f.name: getattr(self, f.name) for f in fields(self)})
 
 
 def candidate_features(retrieval, users, items, vectors: np.ndarray, scores: np.ndarray, n: int,
-                       ranks: np.ndarray | None = None):  # fmt: skip
-    """(candidates, their RANKER_FEATURES [rows, 23] float32). candidates is a frame of user and item (positions
-    into users and items), item_id, retrieval_score and retrieval_rank, the two history similarities and
-    ease_score, one row per (user, item): each user's n best items by score, then their own past items (those in
-    items) in the order of their history. vectors: the items' two-tower vectors (the ones scores came from).
-    ranks: each item's rank among every item, where items is only a part of them (serving scores a few hundred
-    of the catalog); by default the ranks within items."""
-    history = retrieval.features(RANKER_SERVICE, "user_id", users).reset_index(drop=True)
+                       ranks: np.ndarray | None = None) -> tuple[Candidates, np.ndarray]:  # fmt: skip
+    """(candidates, their RANKER_FEATURES [rows, 23] float32): each user's n best items by score, then their own
+    past items (those in items) in the order of their history. vectors: the items' two-tower vectors (the ones
+    scores came from). ranks: each item's rank among every item, where items is only a part of them (serving
+    scores a few hundred of the catalog); by default the ranks within items."""
+    history = retrieval.columns(RANKER_SERVICE, "user_id", users)
     past = Past.of(history)
     n_users, n_items = scores.shape
     n = min(n, n_items)
@@ -77,12 +94,11 @@ def candidate_features(retrieval, users, items, vectors: np.ndarray, scores: np.
     if ranks is None:
         ranks = np.empty(scores.shape, np.int64)
         np.put_along_axis(ranks, np.argsort(-scores, axis=1), np.arange(n_items)[None, :], axis=1)
-    frame = pd.DataFrame({"user": user, "item": item, "retrieval_score": scores[user, item],
-                          "retrieval_rank": ranks[user, item], "item_id": np.asarray(items, dtype=object)[item]})  # fmt: skip
+    item_ids = np.asarray(items, dtype=object)[item]
     highest, mean = _history_similarity(retrieval, position, vectors, past, user, item)
-    frame["history_max_similarity"], frame["history_mean_similarity"] = highest, mean
-    frame["ease_score"] = retrieval.similarity.scores(past.frame(), frame)
-    return frame, _ranker_features(retrieval, history, past, frame)
+    ease = retrieval.similarity.scores({"user": past.user, "item_id": past.item_id}, {"user": user, "item_id": item_ids})
+    candidates = Candidates(user, item, item_ids, scores[user, item], ranks[user, item], highest, mean, ease)
+    return candidates, _ranker_features(retrieval, history, past, candidates)
 
 
 def _history_similarity(retrieval, items: pd.Index, vectors: np.ndarray, past: Past, user, item):
@@ -114,7 +130,7 @@ def _history_similarity(retrieval, items: pd.Index, vectors: np.ndarray, past: P
     return highest, mean
 
 
-def _ranker_features(retrieval, history: pd.DataFrame, past: Past, frame: pd.DataFrame) -> np.ndarray:
+def _ranker_features(retrieval, history: Mapping, past: Past, frame: Candidates) -> np.ndarray:
     """RANKER_FEATURES per candidate row, from the users' ranker_v1 rows (history), their past events, the items'
     rows as of the retrieval's as_of, and the retrieval columns; ages count from its scored_at (<= as_of, the
     snapshot's midnight)."""
@@ -123,24 +139,19 @@ def _ranker_features(retrieval, history: pd.DataFrame, past: Past, frame: pd.Dat
     now_s = now.value // 10**9
     ahead_s = (as_of - now).total_seconds()  # the snapshot's ages count from as_of: take back the time after now
     since = np.where(found, now_s - last, RECENCY_CAP_S)
-    item_ids = frame["item_id"].to_numpy(object)
-    distinct = pd.unique(item_ids)
-    item_features = retrieval.features(RANKER_SERVICE, "item_id", distinct)  # a row per distinct id, in order
-    item_rows = pd.Index(distinct).get_indexer(item_ids)
-    user_rows = frame["user"].to_numpy()
+    item_rows, distinct = pd.factorize(frame.item_id)
+    item_features = retrieval.columns(RANKER_SERVICE, "item_id", distinct)  # a row per distinct id, in order
+    user_rows = frame.user
 
     def number(table, column, rows):
-        values = table[column]
-        if not pd.api.types.is_numeric_dtype(values):  # a join that found nothing gives objects
-            values = pd.to_numeric(values, errors="coerce")
-        return np.nan_to_num(values.to_numpy(np.float64, na_value=np.nan)[rows], nan=0.0)
+        return zero_blanks(numbers(table[column])[rows])
 
     def age(table, column, rows):
         return np.maximum(number(table, column, rows) - ahead_s, 0)
 
     columns = {
-        "retrieval_score": frame["retrieval_score"].to_numpy(np.float64),
-        "log_retrieval_rank": np.log1p(frame["retrieval_rank"].to_numpy(np.float64)),
+        "retrieval_score": frame.retrieval_score.astype(np.float64),
+        "log_retrieval_rank": np.log1p(frame.retrieval_rank.astype(np.float64)),
         "in_history": found.astype(np.float64),
         "history_views": np.log1p(views),
         "history_carts": np.log1p(carts),
@@ -158,9 +169,9 @@ def _ranker_features(retrieval, history: pd.DataFrame, past: Past, frame: pd.Dat
         "item_conversion_rate_30d": number(item_features, "item_popularity__conversion_rate_30d", item_rows),
         "log_item_first_seen_age": np.log1p(age(item_features, "item_popularity__first_seen_age_s", item_rows)),
         "log_price": np.log1p(np.maximum(number(item_features, "item_catalog__price", item_rows), 0)),
-        "history_max_similarity": frame["history_max_similarity"].to_numpy(np.float64),
-        "history_mean_similarity": frame["history_mean_similarity"].to_numpy(np.float64),
-        "ease_score": frame["ease_score"].to_numpy(np.float64),
+        "history_max_similarity": frame.history_max_similarity.astype(np.float64),
+        "history_mean_similarity": frame.history_mean_similarity.astype(np.float64),
+        "ease_score": frame.ease_score.astype(np.float64),
         # The user's events on the item weighted by intent (view 1, cart 3, purchase 4), as repurchase's "event"
         # weighting sums them: three separate log counts cannot add up to it (Taobao 'buy' recall@20 0.269 ->
         # 0.274, NDCG@20 0.150 -> 0.151, mean of 5 ranker seeds on the same candidates).
@@ -170,7 +181,7 @@ def _ranker_features(retrieval, history: pd.DataFrame, past: Past, frame: pd.Dat
     return np.stack([columns[name] for name in RANKER_FEATURES], axis=1).astype(np.float32)
 
 
-def _own_record(past: Past, frame: pd.DataFrame):
+def _own_record(past: Past, frame: Candidates):
     """Per candidate, the user's own record of the item: (in the history, views, carts, purchases, the last
     event's time, the newest event's position; HISTORY_LENGTH where never)."""
     rows = len(frame)
@@ -185,8 +196,8 @@ def _own_record(past: Past, frame: pd.DataFrame):
     np.maximum.at(last, inverse, past.time)
     first = np.full(len(pairs), np.iinfo(np.int64).max)
     np.minimum.at(first, inverse, past.position)
-    item_codes = pd.Index(distinct).get_indexer(frame["item_id"].to_numpy(object))
-    wanted = frame["user"].to_numpy() * width + item_codes
+    item_codes = pd.Index(distinct).get_indexer(frame.item_id)
+    wanted = frame.user * width + item_codes
     at = np.minimum(np.searchsorted(pairs, wanted), len(pairs) - 1)
     found = (item_codes >= 0) & (pairs[at] == wanted)
     views, carts, purchases = (np.where(found, count[at], 0.0) for count in counts)

@@ -56,11 +56,12 @@ def user_features(store: FeatureStore, users, times, service: str) -> pd.DataFra
     return rows.merge(joined, on=["user_id", "event_timestamp"], how="left", validate="many_to_one")
 
 
-def user_inputs(joined: pd.DataFrame, config: TwoTowerConfig) -> UserInputs:
-    """Tower inputs from user_features(...) rows: the latest history_length events, hashed in one pass."""
+def user_inputs(joined, config: TwoTowerConfig) -> UserInputs:
+    """Tower inputs from user_features(...) rows (or the same columns as arrays, as serving reads them online):
+    the latest history_length events, hashed in one pass."""
     length = config.history_length
-    items = [_list(v)[:length] for v in joined["user_history__history_items"].to_numpy()]
-    types = [_list(v)[:length] for v in joined["user_history__history_types"].to_numpy()]
+    items = [_list(v)[:length] for v in np.asarray(joined["user_history__history_items"], dtype=object)]
+    types = [_list(v)[:length] for v in np.asarray(joined["user_history__history_types"], dtype=object)]
     sizes = np.array([len(v) for v in items], dtype=np.int64)
     rows = np.repeat(np.arange(len(items)), sizes)
     columns = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
@@ -70,8 +71,25 @@ def user_inputs(joined: pd.DataFrame, config: TwoTowerConfig) -> UserInputs:
         history_ids[rows, columns] = hash_buckets(np.concatenate(items), config.id_buckets)
         history_types[rows, columns] = np.concatenate(types).astype(np.int64) + 1
     counts = ["user_activity__views_7d", "user_activity__add_to_carts_7d", "user_activity__purchases_30d"]
-    numbers = np.log1p(joined[counts].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy(np.float32))
-    return UserInputs(history_ids, history_types, numbers)
+    activity = np.stack([zero_blanks(numbers(joined[name])) for name in counts], axis=1)
+    return UserInputs(history_ids, history_types, np.log1p(activity.astype(np.float32)))
+
+
+def numbers(values) -> np.ndarray:
+    """A feature column (a frame's column, nullable or object where a join found nothing, or an array) as float64
+    with NaN for blanks."""
+    if isinstance(values, pd.Series):
+        if not pd.api.types.is_numeric_dtype(values):
+            values = pd.to_numeric(values, errors="coerce")
+        return values.to_numpy(np.float64, na_value=np.nan)
+    if values.dtype == object:
+        return pd.to_numeric(values, errors="coerce").astype(np.float64)
+    return values.astype(np.float64)
+
+
+def zero_blanks(values: np.ndarray) -> np.ndarray:
+    """np.nan_to_num(values, nan=0.0), without its cost where every value is finite already (most columns)."""
+    return values if np.isfinite(values).all() else np.nan_to_num(values, nan=0.0)
 
 
 def _list(value) -> list:

@@ -42,30 +42,41 @@ class ItemSimilarity:
         weights.eliminate_zeros()
         return cls(ease.data.items[ease.columns], weights)
 
-    def scores(self, past: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
+    def scores(self, past, pairs) -> np.ndarray:
         """For each (user, item_id) row of pairs, the sum of weights from the distinct items of that user in past
-        (rows of user, item_id; user is any integer key); 0 where either side is unknown to the model."""
-        if not len(pairs):
+        (columns user, item_id: frames or dicts of arrays; user is any integer key); 0 where either side is
+        unknown to the model."""
+        pair_users = np.asarray(pairs["user"])
+        if not len(pair_users):
             return np.zeros(0, np.float32)
-        users, pair_rows = np.unique(pairs["user"].to_numpy(), return_inverse=True)
-        past_users = past["user"].to_numpy()
-        history_rows = np.minimum(np.searchsorted(users, past_users), len(users) - 1)
+        cols = self._columns(pairs["item_id"])
+        past_users = np.asarray(past["user"])
         history_cols = self._columns(past["item_id"])
+        if (pair_users == pair_users[0]).all():  # one user (a serving request): the sum of their rows, no matrices
+            mine = np.unique(history_cols[(history_cols >= 0) & (past_users == pair_users[0])])
+            starts, sizes = self.weights.indptr[mine], np.diff(self.weights.indptr)[mine]
+            at = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())  # their rows' entries
+            reached = np.bincount(self.weights.indices[at], self.weights.data[at], minlength=len(self.items))
+            return np.where(cols >= 0, reached[cols], 0.0).astype(np.float32)
+        users, pair_rows = np.unique(pair_users, return_inverse=True)
+        history_rows = np.minimum(np.searchsorted(users, past_users), len(users) - 1)
         known = (history_cols >= 0) & (users[history_rows] == past_users)  # users of past that pairs has
         # A user's repeated item counts once: the csr constructor would sum duplicates, so clip them to 1.
         history = sp.csr_matrix((np.ones(int(known.sum()), np.float32), (history_rows[known], history_cols[known])),
                                 shape=(len(users), len(self.items)))  # fmt: skip
         history.data[:] = 1.0
         reached = (history @ self.weights).tocsr()
-        cols = self._columns(pairs["item_id"])
-        out = np.zeros(len(pairs), np.float32)
+        out = np.zeros(len(pair_users), np.float32)
         found = cols >= 0
         if found.any():
             out[found] = np.asarray(reached[pair_rows[found], cols[found]]).ravel()
         return out
 
     def _columns(self, item_ids) -> np.ndarray:
-        return self.items.get_indexer(pd.Index(item_ids).astype(str))
+        ids = np.asarray(item_ids, dtype=object)
+        if len(ids) and not isinstance(ids[0], str):  # ids are text in the event contract; tests pass numbers
+            ids = ids.astype(str)
+        return self.items.get_indexer(ids)
 
     def save(self, path: Path) -> None:
         w = self.weights

@@ -44,6 +44,7 @@ from training.train import (
     TrainReport,
     held_out,
     item_vectors,
+    on_cpu,
     train_ranker,
     train_two_tower,
     train_two_tower_with_threads,
@@ -91,8 +92,14 @@ class Retrieval:
             self._joined[(service, key)] = cached
         return cached.reindex(ids)
 
+    def columns(self, service: str, key: str, ids):
+        """The same features as a mapping of feature name -> column, one row per id: what the towers' inputs and
+        the ranker's features read (here the joined frame itself; serving gives numpy arrays, cheaper at one
+        user than any frame)."""
+        return self.features(service, key, ids)
+
     def users(self, user_ids) -> np.ndarray:
-        joined = self.features(TWO_TOWER_SERVICE, "user_id", user_ids)
+        joined = self.columns(TWO_TOWER_SERVICE, "user_id", user_ids)
         return user_vectors(self.model, user_inputs(joined, self.model.config))
 
     def items(self, item_ids) -> np.ndarray:
@@ -326,7 +333,8 @@ class LabelWindow:
             users = np.asarray(sorted(self.labels["user_id"].unique()), dtype=object)
             vectors = self.retrieval.items(self.items)
             scores = self.retrieval.users(users) @ vectors.T
-            self._built = (n, users, *candidate_features(self.retrieval, users, self.items, vectors, scores, n))
+            candidates, features = candidate_features(self.retrieval, users, self.items, vectors, scores, n)
+            self._built = (n, users, candidates.frame(), features)
         built, users, frame, features = self._built
         if built == n:
             return users, frame, features
@@ -343,18 +351,18 @@ class FittedRanker:
     report: TrainReport
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
+        with torch.inference_mode():
             x = torch.as_tensor((features - self.mean) / self.std, dtype=torch.float32)
-            return torch.sigmoid(self.model.cpu()(x)).numpy()
+            return torch.sigmoid(on_cpu(self.model)(x)).numpy()
 
     def rerank(self, retrieval: Retrieval, users, items, vectors, scores: np.ndarray, target: str) -> np.ndarray:
         """Candidates (top retrieval + own past items) get 10 + P(event); the rest keep retrieval order below.
         vectors are the items' two-tower vectors, scores the users' retrieval scores against them."""
-        frame, features = candidate_features(retrieval, users, items, vectors, scores, self.config.candidates)
+        candidates, features = candidate_features(retrieval, users, items, vectors, scores, self.config.candidates)
         probabilities = self.probabilities(features)
         head = Ranker.TASKS.index("purchase" if target == "buy" else "interact")
         out = scores.astype(np.float32) - 100.0
-        out[frame["user"].to_numpy(), frame["item"].to_numpy()] = 10.0 + probabilities[:, head]
+        out[candidates.user, candidates.item] = 10.0 + probabilities[:, head]
         return out
 
 

@@ -25,6 +25,20 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def on_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    """The model on the CPU, moved only when it is not there: Module.cpu() walks every parameter, which is most
+    of a serving request's ranker call."""
+    return on(model, torch.device("cpu"))
+
+
+def on(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The model on device in eval mode, touched only where it is not already (both walk every module)."""
+    parameter = next(model.parameters(), None)
+    if parameter is not None and parameter.device != device:
+        model = model.to(device)
+    return model.eval() if model.training else model
+
+
 def _autocast(device: torch.device):
     # bf16 on the GPU: the tensor cores' fast path with fp32's range, so no loss scaling is needed.
     if device.type == "cuda":
@@ -206,7 +220,7 @@ def item_vectors(model: TwoTower, items: ItemTable, device="auto", batch_size=81
 @torch.no_grad()
 def user_vectors(model: TwoTower, users: UserInputs, device="auto", batch_size=8192) -> np.ndarray:
     device = resolve_device(device)
-    model = model.to(device).eval()
+    model = on(model, device)
     tensors = users.tensors(device=device)
     out = [model.user_tower(*(t[s : s + batch_size] for t in tensors)).float()
            for s in range(0, len(users.numbers), batch_size)]  # fmt: skip

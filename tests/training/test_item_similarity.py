@@ -51,3 +51,19 @@ def test_pruning_keeps_each_items_strongest_weights_and_unknowns_score_zero(tmp_
     assert list(loaded.items) == list(pruned.items)
     np.testing.assert_array_equal(loaded.weights.toarray(), kept)
     np.testing.assert_array_equal(loaded.scores(past, pairs), scores)
+
+
+def test_one_users_scores_are_their_row_of_the_batch():
+    """Serving asks for one user at a time, which takes a path without sparse matrices: the same numbers."""
+    events, _ = tasteful_shop()
+    similarity = ItemSimilarity.fit(events, neighbours=20)
+    users = np.array(sorted(events["user_id"].unique())[:6], dtype=object)
+    items = np.append(similarity.items.to_numpy(object)[:40], "no-such-item")
+    past = events[events["user_id"].isin(users)].rename(columns={"user_id": "user"})
+    batch = similarity.scores(past, pairs_of(users, items)).reshape(len(users), len(items))
+    for row, user in enumerate(users):
+        alone = similarity.scores(past, pairs_of(np.array([user], dtype=object), items))
+        np.testing.assert_allclose(alone, batch[row], rtol=1e-6, atol=1e-7)
+        assert alone[-1] == 0.0
+    nobody = similarity.scores(past.iloc[:0], pairs_of(users[:1], items))
+    assert (nobody == 0).all()

@@ -145,11 +145,11 @@ def test_history_intent_weighs_the_users_events_on_the_item_as_repurchase_does(f
     model, train, last, _ = fitted
     users, items = last["user_id"].to_numpy()[:6], np.sort(train["item_id"].unique())
     vectors = model.retrieval.items(items)
-    frame, features = candidate_features(model.retrieval, users, items, vectors,
-                                         model.retrieval.users(users) @ vectors.T, 10)  # fmt: skip
+    candidates, features = candidate_features(model.retrieval, users, items, vectors,
+                                              model.retrieval.users(users) @ vectors.T, 10)  # fmt: skip
     counts = train.groupby(["user_id", "event_type"]).size()  # the tasteful shop has purchases only
     bought = train.groupby(["user_id", "item_id"]).size()
-    expected = bought.reindex(pd.MultiIndex.from_arrays([users[frame["user"]], frame["item_id"]])).fillna(0)
+    expected = bought.reindex(pd.MultiIndex.from_arrays([users[candidates.user], candidates.item_id])).fillna(0)
     assert set(counts.index.get_level_values(1)) == {"purchase"} and (expected > 0).any()
     np.testing.assert_allclose(features[:, RANKER_FEATURES.index("history_intent")],
                                np.log1p(4.0 * expected.to_numpy()), rtol=1e-6)  # fmt: skip
