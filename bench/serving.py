@@ -158,8 +158,8 @@ def stage_times(home: Path, users: list[str]) -> dict:
     from features.store import open_store
     from serving import recommend as path
     from serving.champion import load_champion
-    from training.examples import RANKER_SERVICE
     from training.candidates import candidate_features
+    from training.examples import RANKER_SERVICE
 
     torch.set_num_threads(1)  # as each worker runs
     settings = Settings(home=home)
@@ -193,7 +193,7 @@ def stage_times(home: Path, users: list[str]) -> dict:
             items, vectors, scores = champion.item_ids, champion.vectors, vector @ champion.vectors.T
         else:
             _, found = champion.index.search(np.ascontiguousarray(vector, dtype=np.float32), path.CANDIDATE_POOL)
-            past = champion.position.get_indexer(pd.unique(np.asarray(history, dtype=object)))
+            past = champion.position.of(list(dict.fromkeys(history)))
             rows = pd.unique(np.concatenate([found[0][found[0] >= 0], past[past >= 0]]))
             items, vectors = champion.item_ids[rows], champion.vectors[rows]
             scores = vector @ vectors.T
@@ -209,7 +209,7 @@ def stage_times(home: Path, users: list[str]) -> dict:
         out = scores.astype(np.float32) - 100.0
         out[candidates.user, candidates.item] = 10.0 + probabilities[:, 0]
         allowed = champion.in_catalog.copy()
-        ok = allowed[champion.position.get_indexer(items)]
+        ok = allowed[champion.position.of(items)]
         order = np.flatnonzero(ok)[np.argsort(-out[0][ok], kind="stable")[:10]]
         own = set(history)
         [(str(items[i]), float(out[0][i]), "repurchase" if items[i] in own else "retrieved") for i in order]

@@ -17,6 +17,7 @@ import pandas as pd
 
 from core.contract import EVENT_WEIGHTS, as_utc
 from core.layout import Layout, read_json
+from core.positions import Positions
 from core.settings import Settings
 from features.online import FRESH, MISSING, STALE, ItemRows, OnlineFeatures
 from serving.index import build_index
@@ -38,7 +39,7 @@ class OnlineRetrieval(Retrieval):
 
     readers: dict = field(default_factory=dict, repr=False)  # service -> features.online.OnlineFeatures
     catalog: ItemRows | None = field(default=None, repr=False)  # ranker_v1 rows of every item the champion indexes
-    catalog_position: pd.Index | None = field(default=None, repr=False)  # item id -> row of catalog
+    catalog_position: Positions | None = field(default=None, repr=False)  # item id -> row of catalog
     statuses: dict = field(default_factory=dict, init=False, repr=False)  # view -> worst status read
 
     def at(self, now: pd.Timestamp) -> "OnlineRetrieval":
@@ -54,7 +55,7 @@ class OnlineRetrieval(Retrieval):
         if key == "user_id":
             return self._users(ids)
         if service == RANKER_SERVICE and self.catalog is not None:
-            rows = self.catalog_position.get_indexer(ids)
+            rows = self.catalog_position.of(ids)
             if (rows >= 0).all():
                 values, status = self.catalog.at(self.scored_at, rows)
                 self._note(status)
@@ -99,7 +100,7 @@ class Champion:
     item_ids: np.ndarray  # object [N]: index row -> item id (the catalog, then trained items it lacks)
     vectors: np.ndarray  # float32 [N, dim]
     index: object  # faiss, over vectors
-    position: pd.Index  # item id -> index row
+    position: Positions  # item id -> index row
     in_catalog: np.ndarray  # bool [N]: only catalog items are ever recommended
     from_text: np.ndarray  # bool [N]: not seen in training: its vector comes from text, category and price
     popularity: np.ndarray  # float [N]: recent intent-weighted events (item_popularity), 0 where not fresh
@@ -137,7 +138,7 @@ def load_champion(settings: Settings, store, now: pd.Timestamp, readers: dict | 
     # Every item's vector from its online catalog row, as offline scoring embeds them from the offline one.
     vectors = np.ascontiguousarray(template.items(item_ids), dtype=np.float32)
     index = build_index(vectors)
-    position = pd.Index(item_ids)
+    position = Positions(item_ids)
     # The ranker's item rows of the whole catalog, read now: no request pays a cold read.
     template.catalog, template.catalog_position = readers[RANKER_SERVICE].item_rows(list(item_ids)), position
     popularity, popular_fresh = _popularity(template.catalog, now)
@@ -149,8 +150,8 @@ def load_champion(settings: Settings, store, now: pd.Timestamp, readers: dict | 
         vectors=vectors,
         index=index,
         position=position,
-        in_catalog=position.isin(catalog),
-        from_text=~position.isin(pd.Index(trained.trained_ids)),
+        in_catalog=position.index.isin(catalog),
+        from_text=~position.index.isin(pd.Index(trained.trained_ids)),
         popularity=popularity,
         popularity_fresh=popular_fresh,
         materialisation=readers[RANKER_SERVICE].cache_version,

@@ -62,7 +62,7 @@ def recommend(champion: Champion, user_id: str, k: int, exclude=(), session_item
 
 def similar_items(champion: Champion, item_id: str, k: int) -> tuple[list[tuple[str, float, str]], bool]:
     """(the k catalog items whose vectors are closest to item_id's, whether item_id's vector came from its text)."""
-    row = champion.position.get_indexer([item_id])[0]
+    row = champion.position.of([item_id])[0]
     if row < 0:
         raise UnknownItem(f"item {item_id!r} is neither in the catalog nor known to the model")
     found = _nearest(champion, champion.vectors[row], k, skip={row})
@@ -79,7 +79,7 @@ def _personalised(champion: Champion, retrieval, user_id: str, history: list, al
     past items are scored and ranked among themselves."""
     user = retrieval.users(np.asarray([user_id], dtype=object))
     ranker = champion.recommender.ranker
-    past = champion.position.get_indexer(pd.unique(np.asarray(history, dtype=object))) if history else np.zeros(0, int)
+    past = champion.position.of(list(dict.fromkeys(history)))  # distinct, in the history's order
     if champion.exact:
         scores = (user @ champion.vectors.T)[0]
         order = np.argsort(-scores)  # as candidate_features ranks a full score row
@@ -120,7 +120,7 @@ def _personalised(champion: Champion, retrieval, user_id: str, history: list, al
 
 def _cold(champion: Champion, allowed: np.ndarray, k: int, session_items, statuses: dict, why: str) -> Answer:
     """Items similar to the session when it names known items, else recent popularity."""
-    rows = champion.position.get_indexer(list(session_items)) if len(session_items) else np.zeros(0, np.int64)
+    rows = champion.position.of(session_items)
     rows = rows[rows >= 0]
     if len(rows):
         centre = champion.vectors[rows].mean(0)
@@ -149,7 +149,7 @@ def _nearest(champion: Champion, vector: np.ndarray, k: int, skip: set, allowed=
 
 
 def _block(champion: Champion, blocked: np.ndarray, items) -> None:
-    rows = champion.position.get_indexer(list(items)) if len(items) else np.zeros(0, np.int64)
+    rows = champion.position.of(items)
     blocked[rows[rows >= 0]] = True  # unknown ids in an exclude list are ignored
 
 

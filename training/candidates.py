@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from core.contract import EVENT_WEIGHTS
+from core.positions import positions_of
 from features.build import HISTORY_LENGTH
 from training.examples import RANKER_SERVICE, numbers, zero_blanks
 
@@ -85,8 +86,7 @@ def candidate_features(retrieval, users, items, vectors: np.ndarray, scores: np.
     n_users, n_items = scores.shape
     n = min(n, n_items)
     top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    position = pd.Index(items)
-    own_item = position.get_indexer(past.item_id) if len(past.item_id) else np.zeros(0, np.int64)
+    own_item = positions_of(items, past.item_id)  # each past event's item among items (-1: not there)
     keys = np.concatenate([np.repeat(np.arange(n_users), n) * n_items + top.ravel(),
                            (past.user * n_items + own_item)[own_item >= 0]])  # fmt: skip
     keys = pd.unique(keys)  # first occurrence kept: the top items, then the past items not among them
@@ -95,21 +95,20 @@ def candidate_features(retrieval, users, items, vectors: np.ndarray, scores: np.
         ranks = np.empty(scores.shape, np.int64)
         np.put_along_axis(ranks, np.argsort(-scores, axis=1), np.arange(n_items)[None, :], axis=1)
     item_ids = np.asarray(items, dtype=object)[item]
-    highest, mean = _history_similarity(retrieval, position, vectors, past, user, item)
+    highest, mean = _history_similarity(retrieval, own_item, vectors, past, user, item)
     ease = retrieval.similarity.scores({"user": past.user, "item_id": past.item_id}, {"user": user, "item_id": item_ids})
     candidates = Candidates(user, item, item_ids, scores[user, item], ranks[user, item], highest, mean, ease)
     return candidates, _ranker_features(retrieval, history, past, candidates)
 
 
-def _history_similarity(retrieval, items: pd.Index, vectors: np.ndarray, past: Past, user, item):
+def _history_similarity(retrieval, past_rows: np.ndarray, vectors: np.ndarray, past: Past, user, item):
     """(max, mean) cosine between each candidate's item vector and those of its user's past events (0 without a
-    past): the item-to-item view of the same model, which the user vector's single summary can blur. Only past
-    items outside `items` are embedded here."""
-    past_rows = items.get_indexer(past.item_id) if len(past.item_id) else np.zeros(0, np.int64)
+    past): the item-to-item view of the same model, which the user vector's single summary can blur. past_rows:
+    each past event's row of vectors, -1 for items outside them, which are embedded here."""
     missing = pd.unique(past.item_id[past_rows < 0])
     if len(missing):
         past_rows = past_rows.copy()
-        past_rows[past_rows < 0] = len(items) + pd.Index(missing).get_indexer(past.item_id[past_rows < 0])
+        past_rows[past_rows < 0] = len(vectors) + positions_of(missing, past.item_id[past_rows < 0])
         vectors = np.concatenate([vectors, retrieval.items(missing)])
     unit = vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9)
     highest, mean = np.zeros(len(user)), np.zeros(len(user))
@@ -196,7 +195,7 @@ def _own_record(past: Past, frame: Candidates):
     np.maximum.at(last, inverse, past.time)
     first = np.full(len(pairs), np.iinfo(np.int64).max)
     np.minimum.at(first, inverse, past.position)
-    item_codes = pd.Index(distinct).get_indexer(frame.item_id)
+    item_codes = positions_of(distinct, frame.item_id)
     wanted = frame.user * width + item_codes
     at = np.minimum(np.searchsorted(pairs, wanted), len(pairs) - 1)
     found = (item_codes >= 0) & (pairs[at] == wanted)

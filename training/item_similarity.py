@@ -6,13 +6,14 @@ view against the two-tower's instead of the two competing. Each item keeps only 
 weights (by magnitude), so the matrix is small enough to ship with the artefact and serving needs no events.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from core.positions import Positions
 from training.baselines import EASE
 
 
@@ -20,6 +21,7 @@ from training.baselines import EASE
 class ItemSimilarity:
     items: pd.Index  # item ids as strings: the rows and columns of weights
     weights: sp.csr_matrix  # float32 items x items; row j holds j's strongest weights to other items
+    _positions: Positions | None = field(default=None, init=False, repr=False, compare=False)  # id -> row
 
     @classmethod
     def fit(cls, events: pd.DataFrame, lam: float = 200.0, neighbours: int = 100, max_items: int = 15000,
@@ -76,7 +78,9 @@ class ItemSimilarity:
         ids = np.asarray(item_ids, dtype=object)
         if len(ids) and not isinstance(ids[0], str):  # ids are text in the event contract; tests pass numbers
             ids = ids.astype(str)
-        return self.items.get_indexer(ids)
+        if self._positions is None:
+            self._positions = Positions(self.items)
+        return self._positions.of(ids)
 
     def save(self, path: Path) -> None:
         w = self.weights
