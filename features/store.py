@@ -70,7 +70,12 @@ def materialize(store: FeatureStore, layout: Layout, end) -> dict:
     time for ttl 0). A run with nothing new writes nothing, so re-running leaves the online store as it was.
     The version names what the online store holds; serving caches item features under it.
     """
+    # Never past what the feature tables hold: the lake's time can run ahead of the last build (ingest accepts
+    # batches while a materialisation runs), and a view's next run starts where this one ends, so rows built
+    # later for the days in between would never reach the online store.
     end = as_utc(end)
+    if (built := built_until(layout)) is not None:
+        end = min(end, built)
     path = layout.feast / "materialized.json"
     record = read_json(path) if path.exists() else {"version": 0, "views": {}}
     written = {}
@@ -86,6 +91,14 @@ def materialize(store: FeatureStore, layout: Layout, end) -> dict:
         record["version"] += 1
         write_json(path, record)
     return {"version": record["version"], "materialized": written}
+
+
+def built_until(layout: Layout) -> pd.Timestamp | None:
+    """The midnight after the newest daily snapshot every snapshot view has in the feature tables (None before the
+    first build): how far a materialisation can see."""
+    newest = [max(days) for view in layout.features.iterdir() if view.is_dir()
+              if (days := [p.stem for p in view.glob("????-??-??.parquet")])] if layout.features.exists() else []  # fmt: skip
+    return pd.Timestamp(min(newest), tz="UTC") + pd.Timedelta(days=1) if newest else None
 
 
 def materialized_version(layout: Layout) -> int:

@@ -5,7 +5,7 @@ Replay is idempotent: landing the same dataset again rewrites nothing. A batch i
 other content is an error, since the landing zone keeps batches exactly as received.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -48,6 +48,19 @@ def land(source: SourceData, layout: Layout, every: str = "day", fmt: str = "csv
         batch_id = batch_id_of(path)
         landed.append(LandedBatch(batch_id, path, len(batch), as_of))
     return landed
+
+
+def since(source: SourceData, start: str | pd.Timestamp) -> SourceData:
+    """A shorter replay of the same shop: its events from start (UTC) on, the catalog of the items they sold, and no
+    excluded rows (they belong to the whole file). A test's or a quick look's shop: embedding the item texts is most
+    of the feature build, and the catalog is what it embeds."""
+    start = pd.Timestamp(start)
+    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    events = source.events[source.events["event_timestamp"] >= start].reset_index(drop=True)
+    catalog = source.catalog[source.catalog["item_id"].isin(events["item_id"])].reset_index(drop=True)
+    window = (max(source.window[0], start), source.window[1]) if source.window else None
+    return replace(source, events=events, catalog=catalog, excluded=source.excluded.iloc[:0], raw_rows=len(events),
+                   window=window)  # fmt: skip
 
 
 def _delivery_period(source: SourceData, freq: str) -> pd.Series:

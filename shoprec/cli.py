@@ -23,13 +23,22 @@ def replay(
     dataset: Annotated[str, typer.Argument(help="online_retail, taobao or movielens")],
     every: Annotated[str, typer.Option(help="batch length: day, week or month")] = "day",
     data_dir: Annotated[Path | None, typer.Option(help="folder holding the dataset (default SHOPREC_DATA_DIR)")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="a shorter replay: only the events from this date (ISO 8601, UTC) on, with the catalog of "
+                     "the items they sold"),
+    ] = None,
 ) -> None:
     """Cut a dataset into time-ordered batches in the landing zone, as if the shop were sending them."""
     from ingest import datasets
     from ingest import replay as replaying
 
     settings = get_settings()
+    if since is not None:
+        _check_time(since, "--since")
     source = datasets.load(dataset, data_dir or (None if dataset == "online_retail" else settings.data_dir))
+    if since is not None:
+        source = replaying.since(source, since)
     landed = replaying.land(source, _layout(), every=every)
     excluded = source.excluded["reason"].value_counts().to_dict() if len(source.excluded) else {}
     typer.echo(
@@ -392,13 +401,13 @@ def _check_file(path: Path) -> None:
         raise typer.Exit(2)
 
 
-def _check_time(text: str) -> None:
+def _check_time(text: str, option: str = "--as-of") -> None:
     try:
         import pandas as pd
 
         pd.Timestamp(text)
     except ValueError:
-        typer.echo(f"--as-of {text!r} is not an ISO 8601 time", err=True)
+        typer.echo(f"{option} {text!r} is not an ISO 8601 time", err=True)
         raise typer.Exit(2)
 
 

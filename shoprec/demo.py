@@ -1,242 +1,126 @@
-"""`make demo`: the main job on the embedded defaults, one line of progress per step.
+"""`make demo`: the whole system, running, on the embedded defaults; `make stop` ends it.
 
-Replays the bundled Online Retail data into the landing zone, then runs the three DAGs under Airflow in order
-(ingest_events -> materialize_features -> retrain_models). Everything the libraries print goes to log files under
-SHOPREC_HOME/logs; the terminal gets a line per task (mapped tasks counted), the running task's progress bar kept on
-one line when it is a terminal, and at the end what to look at next.
+Replays the bundled Online Retail data into the landing zone, starts the embedded stack in the background (Airflow's
+api-server, scheduler, dag-processor and triggerer; the recommendation service; the feature server: shoprec/stack.py),
+unpauses the three DAGs and lets the real scheduler run ingest_events -> materialize_features -> retrain_models,
+following it through Airflow's REST API a line per run and task state change. It ends with the Airflow login, the
+DAGs' last runs, an answer of each endpoint and `make stop`. Run again on a running stack, it reuses what runs.
+Everything the libraries print goes to SHOPREC_HOME/logs/<process>.log (task logs: AIRFLOW_HOME/logs).
 """
 
+import json
 import os
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from core.layout import Layout
 from core.settings import get_settings
+from shoprec.stack import AIRFLOW_USER, AirflowAPI, Ports, Stack, StackError
 
-DAGS = ("ingest_events", "materialize_features", "retrain_models")
-# `airflow dags test` announces each task instance like this (Airflow 3.3's DAG.test()).
-TASK_EVENT = re.compile(r"\[DAG TEST\] (starting|end task) task_id=(\S+)(?: map_index=(-?\d+))?")
-TQDM_BAR = re.compile(r"\S[^|\n]*:\s+\d+%\|[^|]*\|[^\r\n]*")  # "two-tower:  40%|####      | 4/10 [00:20<00:30]"
+EXAMPLE_USER, EXAMPLE_ITEM = "12748", "23084"
+FEATURES = ["user_activity:purchases_30d", "item_popularity:purchases_30d", "item_catalog:title"]
+
+
+def demo_stack() -> Stack:
+    settings = get_settings()
+    home = settings.home
+    airflow_home = Path(os.environ.get("AIRFLOW_HOME", home / "airflow"))
+    ports = Ports(
+        airflow=int(os.environ.get("DEMO_AIRFLOW_PORT", "8080")),
+        serving=settings.serving_port,
+        features=int(os.environ.get("DEMO_FEATURE_SERVER_PORT", "6566")),
+        worker_logs=int(os.environ.get("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", "8793")),
+        trigger_logs=int(os.environ.get("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", "8794")),
+    )
+    return Stack(home, airflow_home, ports, preset=os.environ.get("DEMO_PRESET", "tiny"))
 
 
 def main() -> int:
-    settings = get_settings()
-    layout = Layout(settings.home)
-    logs = settings.home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    shoprec = [sys.executable, "-m", "shoprec"]
-    airflow = [str(Path(sys.executable).with_name("airflow"))]
+    stack = demo_stack()
     started = time.perf_counter()
-
-    step("replay the bundled Online Retail data into the landing zone, one batch a week")
-    if not run([*shoprec, "replay", "online_retail", "--every", "week"], logs / "replay.log", show=True):
-        return 1
-    step("prepare Airflow's metadata database (SQLite)")
-    if not run([*airflow, "db", "migrate"], logs / "airflow-db.log"):
-        return 1
-    for dag_id in DAGS:
-        step(f"{dag_id}: run under Airflow (log: {logs / f'{dag_id}.log'})")
-        if not run_dag(airflow, dag_id, logs / f"{dag_id}.log"):
-            return 1
-        if dag_id == "ingest_events":
-            run([*shoprec, "status"], logs / "status.log", show="tail")
-        elif dag_id == "materialize_features":
-            step("an online read through the serving path (list features summarised)")
-            run(
-                [*shoprec, "features", "read", "12748", "23084", "--service", "ranker_v1"], logs / "read.log", show=True
-            )
-    step("the retraining run's evaluation and the champion")
-    run([*shoprec, "models"], logs / "models.log", show=True)
-    step(f"the recommendation service on the champion (log: {logs / 'serve.log'})")
-    example = serve(settings, shoprec, logs)
-    if example is None:
+    try:
+        # A batch a month by default: under the real scheduler each batch's gate task is a process of its own
+        # (10-15 s on two cores), so 13 monthly batches take a few minutes where 53 weekly ones take over ten.
+        api = bring_up(stack, replay_args=["--every", os.environ.get("DEMO_EVERY", "month")])
+    except StackError as error:
+        print(f"FAILED: {error}\n(what started keeps running: `make stop` ends it)")
         return 1
     print(f"\ndemo done in {time.perf_counter() - started:,.0f} s.\n")
-    print(next_steps(layout, logs, example))
+    print(summary(stack, api))
     return 0
 
 
-def serve(settings, shoprec: list[str], logs: Path) -> str | None:
-    """Start `shoprec serve` in the background on the shop's clock (the data is from 2011), unless this home's is
-    already running; wait until it is ready and show one answer. Returns the curl that got it."""
-    import json
+def bring_up(stack: Stack, replay_args: list[str]) -> AirflowAPI:
+    """The demo's path, shared with tests/test_demo_stack.py: replay, start, run the chain, wait for the champion."""
+    from training.publish import champion
+    from validation.gate import pending_batches
 
-    import httpx
-
-    url = f"http://127.0.0.1:{settings.serving_port}"
-    if running("serve", settings.home) is None:
-        with (logs / "serve.log").open("w") as log:
-            process = subprocess.Popen([*shoprec, "serve", "--clock", "shop", "--port", str(settings.serving_port)],
-                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        pid_file(settings.home, "serve").write_text(str(process.pid))
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or running("serve", settings.home) is None:
-            print(f"FAILED: the service did not become ready; the end of {logs / 'serve.log'}:")
-            print(*(logs / "serve.log").read_text().splitlines()[-20:], sep="\n")
-            return None
-        time.sleep(1)
-    body = {"user_id": "12748", "k": 3}
-    curl = f"curl -s -X POST {url}/recommend -H 'Content-Type: application/json' -d '{json.dumps(body)}'"
-    answer = httpx.post(f"{url}/recommend", json=body, timeout=10).json()
-    print(f"    {curl}\n    -> {json.dumps(answer)}")
-    return curl
+    settings = get_settings().model_copy(update={"home": stack.home})
+    layout = Layout(stack.home)
+    step(stack, f"replay the bundled Online Retail data into the landing zone (log: {stack.logs / 'replay.log'})")
+    out = stack.run_logged([sys.executable, "-m", "shoprec", "replay", "online_retail", *replay_args], "replay")
+    stack.say("    " + out.strip().splitlines()[-1])
+    step(stack, f"start Airflow: api-server, scheduler, dag-processor, triggerer on SQLite (logs: {stack.logs}/)")
+    stack.start_airflow()
+    api = stack.client()
+    stack.wait_for_dags(api)
+    step(stack, "the scheduler runs ingest_events, then materialize_features on its Asset")
+    stack.run_ingest(api, has_work=bool(pending_batches(layout)))
+    step(stack, "start the recommendation service and the feature server (they load what gets published)")
+    stack.start_services()
+    step(stack, "the scheduler runs retrain_models; the running service swaps the new champion in by itself")
+    stack.run_retrain(api, has_champion=champion(settings) is not None)
+    ready = stack.wait_http("serve", f"{stack.serving_url}/readyz", 300)
+    stack.say(f"    serve: ready on {ready.json().get('model_version')}")
+    stack.wait_http("feature-server", f"{stack.features_url}/health", 120)
+    return api
 
 
-def pid_file(home: Path, name: str) -> Path:
-    (home / "run").mkdir(parents=True, exist_ok=True)
-    return home / "run" / f"{name}.pid"
+def summary(stack: Stack, api: AirflowAPI) -> str:
+    """What the demo ends with: the Airflow login, the DAGs' last runs (REST API), a curl of each endpoint."""
+    lines = [
+        (f"Airflow UI: {stack.airflow_url}  (user {AIRFLOW_USER}, password {stack.password()}; generated for this "
+        f"install, kept in {stack.passwords_file}, mode 0600)"),
+        ("The DAGs, unpaused (ingest_events hourly, materialize_features on its Asset, retrain_models daily), and "
+        "their last runs from the REST API:"),
+    ]
+    for dag_id, run in stack.last_runs(api).items():
+        state = f"{run['state']:<8} {run['run_type']:<15} {run['dag_run_id']}" if run else "no run"
+        lines.append(f"    {dag_id:<21} {state}")
+    key = get_settings().api_key
+    auth = ' -H "X-API-Key: $SHOPREC_API_KEY"' if key else ""
+    headers = {"X-API-Key": key.get_secret_value()} if key else {}
+    body = {"user_id": EXAMPLE_USER, "k": 3}
+    answer = httpx.post(f"{stack.serving_url}/recommend", json=body, headers=headers, timeout=30)
+    lines.append(f"The recommendation service (API docs at {stack.serving_url}/):")
+    lines.append(f"    curl -s -X POST {stack.serving_url}/recommend -H 'Content-Type: application/json'{auth} "
+                 f"-d '{json.dumps(body)}'")  # fmt: skip
+    lines.append(f"    -> {answer.text.strip()}")
+    query = {"features": FEATURES, "entities": {"user_id": [EXAMPLE_USER], "item_id": [EXAMPLE_ITEM]},
+             "full_feature_names": True}  # fmt: skip
+    found = httpx.post(f"{stack.features_url}/get-online-features", json=query, headers=headers, timeout=30)
+    lines.append("The feature server other teams query (Feast's API; a value older than its TTL: OUTSIDE_MAX_AGE):")
+    lines.append(f"    curl -s -X POST {stack.features_url}/get-online-features -H 'Content-Type: application/json'"
+                 f"{auth} -d '{json.dumps(query)}'")  # fmt: skip
+    lines.append(f"    -> {found.text.strip()}")
+    lines.append(f"Logs: {stack.logs}/<process>.log; task logs under {stack.airflow_home / 'logs'}/")
+    lines.append("Stop everything the demo started: make stop")
+    return "\n".join(lines)
 
 
-def running(name: str, home: Path) -> int | None:
-    """The pid of a process this demo started and that still runs, or None."""
-    path = pid_file(home, name)
-    try:
-        pid = int(path.read_text())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        path.unlink(missing_ok=True)
-        return None
+def step(stack: Stack, text: str) -> None:
+    stack.say(f"==> {text}")
 
 
 def stop() -> int:
     """`make stop`: end exactly the processes the demo started (their process groups), from their pid files."""
-    import signal
-
-    home = get_settings().home
-    for path in sorted((home / "run").glob("*.pid")) if (home / "run").exists() else []:
-        if (pid := running(path.stem, home)) is not None:
-            os.killpg(pid, signal.SIGTERM)
-            for _ in range(50):
-                if running(path.stem, home) is None:
-                    break
-                time.sleep(0.2)
-            else:
-                os.killpg(pid, signal.SIGKILL)
-            print(f"stopped {path.stem} (pid {pid})")
-        path.unlink(missing_ok=True)
+    stack = demo_stack()
+    stopped = stack.stop()
+    print("stopped " + ", ".join(stopped) if stopped else f"nothing of the demo runs (no pid files in {stack.home}/run)")
     return 0
-
-
-def step(text: str) -> None:
-    print(f"==> {text}", flush=True)
-
-
-def run(command: list[str], log: Path, show: bool | str = False) -> bool:
-    """Run a command with its output in log; show it (or its last lines) when asked, its tail when it fails."""
-    done = subprocess.run(
-        command, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ
-    )
-    log.write_text(done.stdout)
-    lines = done.stdout.rstrip().splitlines()
-    if done.returncode != 0:
-        print(f"FAILED: {' '.join(command[-3:])} (exit {done.returncode}); the end of {log}:", *lines[-30:], sep="\n")
-        return False
-    if show:
-        print(*(lines[-3:] if show == "tail" else lines), sep="\n")
-    return True
-
-
-def run_dag(airflow: list[str], dag_id: str, log: Path) -> bool:
-    """`airflow dags test` with its output in log, a line per task on the terminal; False when the run failed."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if dag_id == "retrain_models":
-        env.setdefault("SHOPREC_RETRAIN_PRESET", os.environ.get("DEMO_PRESET", "tiny"))
-    live = sys.stdout.isatty()
-    with log.open("w") as sink:
-        process = subprocess.Popen([*airflow, "dags", "test", dag_id], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)  # fmt: skip
-        watch = TaskWatch(dag_id, live)
-        # tqdm redraws with carriage returns: read by character so a bar's progress shows as it moves.
-        fragment = ""
-        for char in iter(lambda: process.stdout.read(1), ""):
-            sink.write(char)
-            if char in "\r\n":
-                watch.line(fragment)
-                fragment = ""
-            else:
-                fragment += char
-        watch.line(fragment)
-        code = process.wait()
-    watch.finish()
-    if code != 0:
-        lines = log.read_text().splitlines()
-        print(f"FAILED: {dag_id} (exit {code}); the end of {log}:", *lines[-30:], sep="\n")
-    return code == 0
-
-
-class TaskWatch:
-    """Turns Airflow's task announcements into one line per finished task (a mapped task once, with its count)."""
-
-    def __init__(self, dag_id: str, live: bool):
-        self.dag_id, self.live = dag_id, live
-        self.current, self.since, self.mapped = None, time.perf_counter(), 0
-
-    def line(self, text: str) -> None:
-        event = TASK_EVENT.search(text)
-        if event:
-            kind, task_id, map_index = event.groups()
-            if kind == "starting" and task_id != self.current:
-                self._close()
-                self.current, self.since, self.mapped = task_id, time.perf_counter(), 0
-                self._status("running")
-            elif kind == "end task" and map_index not in (None, "-1"):
-                self.mapped += 1
-                self._status(f"{self.mapped} done")
-            return
-        bar = TQDM_BAR.search(text)
-        if bar and self.current:
-            self._status(bar.group(0).strip()[:90])
-
-    def finish(self) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if self.current is None:
-            return
-        count = f" x{self.mapped}" if self.mapped else ""
-        self._clear()
-        print(f"    {self.dag_id}.{self.current}{count}: done in {time.perf_counter() - self.since:,.0f} s", flush=True)
-        self.current = None
-
-    def _status(self, text: str) -> None:
-        if self.live:
-            self._clear()
-            elapsed = time.perf_counter() - self.since
-            print(f"    {self.dag_id}.{self.current}: {text} ({elapsed:,.0f} s)", end="", flush=True)
-
-    def _clear(self) -> None:
-        if self.live:
-            print("\r\033[K", end="")
-
-
-def next_steps(layout: Layout, logs: Path, curl: str) -> str:
-    home = layout.home
-    return f"""What next:
-  The recommendation service is running (judging freshness on the shop's clock: the data is from 2011):
-      {curl}
-      curl -s -X POST http://127.0.0.1:{get_settings().serving_port}/similar_items -H 'Content-Type: application/json' -d '{{"item_id": "23084", "k": 3}}'
-      API docs: http://127.0.0.1:{get_settings().serving_port}/ (OpenAPI at /docs.json); stop it with `make stop`.
-  The Airflow UI, with these runs in its history (the DAGs start paused; unpause them there or with
-  `airflow dags unpause ingest_events`):
-      export SHOPREC_HOME={home} AIRFLOW_HOME={os.environ.get("AIRFLOW_HOME", home / "airflow")} \\
-             AIRFLOW__CORE__DAGS_FOLDER={Path("dags").resolve()} AIRFLOW__CORE__LOAD_EXAMPLES=False PATH={Path(sys.executable).parent}:$PATH
-      airflow standalone        # http://localhost:8080, the login is printed when it starts
-  The same features another team would read, through the feature server (stale values marked, not served as fresh):
-      shoprec feature-server --port 6566 --clock shop &
-      curl -s -X POST http://localhost:6566/get-online-features -H 'Content-Type: application/json' \\
-        -d '{{"feature_service": "ranker_v1", "entities": {{"user_id": ["12748"], "item_id": ["23084"]}}}}'
-  The command line: `shoprec status` (the ingest ledger), `shoprec features read USER ITEM...`, `shoprec models`.
-  Logs of every step: {logs}/ (the Airflow task logs are in {logs}/<dag>.log)."""
 
 
 if __name__ == "__main__":
