@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         1.0, gt=0, description="How often each worker looks for a new champion or materialisation to swap in."
     )
     redis_url: str = Field("localhost:6379", description="Feast's Redis connection string (production).")
+    redis_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="Socket and connect timeout of Redis reads and writes, unless redis_url sets its own: "
+        "a Redis that stops answering fails a request in this long instead of hanging it.",
+    )
     feast_registry_url: str = Field(
         "postgresql+psycopg://shoprec:shoprec@localhost:5432/shoprec",
         description="SQLAlchemy URL of Feast's SQL registry (production).",

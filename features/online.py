@@ -22,6 +22,25 @@ from core.contract import as_utc
 from core.layout import Layout
 
 FRESH, STALE, MISSING = "fresh", "stale", "missing"
+UNAVAILABLE = "unavailable"  # the store could not be read at all (Redis down, say): nothing is known
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What a read raises when the online store itself fails (not a bad key): SQLite's errors, Redis's, the
+    socket's."""
+    import sqlite3
+
+    errors: tuple = (OSError, sqlite3.Error)
+    try:
+        from redis.exceptions import RedisError
+
+        errors += (RedisError,)
+    except ImportError:  # the embedded store needs no Redis client
+        pass
+    return errors
+
+
+STORE_ERRORS = _store_errors()
 
 
 @dataclass
@@ -130,7 +149,9 @@ class ItemRows:
     def __init__(self, views: list[tuple[str, int, np.ndarray, dict[str, np.ndarray]]]):
         self.views = views  # [(view, ttl ns (0: never stale), event time ns per row, columns)]
 
-    def at(self, now: pd.Timestamp, rows: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def at(
+        self, now: pd.Timestamp, rows: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(features of the rows (all by default), blanked where not fresh at now; each view's status per row)."""
         values, statuses = {}, {}
         for view, ttl, stamps, columns in self.views:

@@ -24,12 +24,22 @@ def feature_store_yaml(settings: Settings) -> Path:
 
 
 def repo_config(settings: Settings) -> RepoConfig:
-    values = {"SHOPREC_HOME": str(settings.home), "SHOPREC_REDIS_URL": settings.redis_url,
+    values = {"SHOPREC_HOME": str(settings.home), "SHOPREC_REDIS_URL": redis_connection(settings),
               "SHOPREC_FEAST_REGISTRY_URL": settings.feast_registry_url}  # fmt: skip
     text = string.Template(feature_store_yaml(settings).read_text()).substitute(values)
     config = RepoConfig(**yaml.safe_load(text))
     config.repo_path = REPO
     return config
+
+
+def redis_connection(settings: Settings) -> str:
+    """Feast's Redis connection string, with socket timeouts unless it sets them (Feast passes its key=value
+    parts to redis.Redis): without one a Redis that stops answering hangs every read."""
+    url = settings.redis_url
+    for option in ("socket_timeout", "socket_connect_timeout"):
+        if f"{option}=" not in url:
+            url += f",{option}={settings.redis_timeout_s:g}"
+    return url
 
 
 def open_store(settings: Settings) -> FeatureStore:

@@ -180,4 +180,3 @@ def _popularity(catalog: ItemRows, now: pd.Timestamp) -> tuple[np.ndarray, bool]
     score = (EVENT_WEIGHTS["view"] * column("views_7d") + EVENT_WEIGHTS["add_to_cart"] * column("add_to_carts_7d")
              + EVENT_WEIGHTS["purchase"] * column("purchases_30d"))  # fmt: skip
     return score, bool(fresh.any())
-

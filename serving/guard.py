@@ -4,9 +4,10 @@
   Authorization: Bearer): 401 otherwise. The key is compared in constant time and never logged.
 - A body over SHOPREC_MAX_REQUEST_BYTES is refused with 413 before anything parses it, whether it declares its
   length or streams it.
-- /readyz answers 200 only when a champion is loaded, and says which model, which clock freshness is judged
-  against, and why not when it is not ready (BentoML's own readyz can only say "not ready"); the API paths
-  answer 503 with the same reason until then.
+- /readyz answers 200 only when a champion is loaded and the online store answers, and says which model, which
+  clock freshness is judged against, and why not when it is not ready (BentoML's own readyz can only say "not
+  ready"); the API paths answer 503 with the reason until a champion is loaded (with the store failing they
+  answer the stated fallback).
 """
 
 from core.asgi import KEY_REFUSED, BodyTooLarge, answer, has_key, header, read_body, replay
@@ -15,11 +16,12 @@ OPEN_PATHS = ("/livez", "/healthz", "/metrics")
 
 
 class Guard:
-    """Wraps the service's ASGI app. status: a callable giving the /readyz answer (ready, body); settings: one
+    """Wraps the service's ASGI app. status: a callable giving the /readyz answer (ready, body); unservable: one
+    giving why the API paths cannot answer at all, or None (called on every request, so cheap); settings: one
     giving the settings object (read when the app starts, so each process takes its own environment)."""
 
-    def __init__(self, app, status, settings, api_paths=()):
-        self.app, self.status, self.api_paths = app, status, tuple(api_paths)
+    def __init__(self, app, status, settings, unservable, api_paths=()):
+        self.app, self.status, self.unservable, self.api_paths = app, status, unservable, tuple(api_paths)
         self.api_key = settings().api_key.get_secret_value().encode() if settings().api_key else None
         self.max_bytes = settings().max_request_bytes
 
@@ -32,9 +34,9 @@ class Guard:
             return await answer(send, 200 if ready else 503, body)
         if path not in OPEN_PATHS and self.api_key is not None and not self._authorised(scope):
             return await answer(send, 401, KEY_REFUSED)
-        if path in self.api_paths and not (state := self.status())[0]:
+        if path in self.api_paths and (reason := self.unservable()) is not None:
             # BentoML hides the message of any 5xx; a client should read why it cannot be served yet.
-            return await answer(send, 503, {"error": state[1]["reason"], "ready": False})
+            return await answer(send, 503, {"error": reason, "ready": False})
         declared = header(scope, b"content-length")
         if declared is not None:
             if not declared.isdigit() or int(declared) > self.max_bytes:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from features.online import FRESH, MISSING, STALE
+from features.online import FRESH, MISSING, STALE, STORE_ERRORS, UNAVAILABLE
 from serving.champion import Champion
 from training.candidates import candidate_features
 from training.examples import RANKER_SERVICE
@@ -29,6 +29,7 @@ class Answer:
     items: list[tuple[str, float, str]]  # (item_id, score, reason)
     statuses: dict[str, str] = field(default_factory=dict)  # view -> fresh / stale / missing
     fallback: str | None = None  # why the answer is not personalised
+    store_error: str | None = None  # the online store could not be read (the answer is the fallback)
 
 
 class UnknownItem(LookupError):
@@ -37,7 +38,21 @@ class UnknownItem(LookupError):
 
 def recommend(champion: Champion, user_id: str, k: int, exclude=(), session_items=(), exclude_purchased=False,
               now=None) -> Answer:  # fmt: skip
-    """The top k for one user at the clock moment now."""
+    """The top k for one user at the clock moment now. Should the online store fail (Redis down), the answer
+    is the cold start's, which needs no store (popularity as of the champion's load, or the session's
+    neighbours), and says so."""
+    try:
+        return _recommend(champion, user_id, k, exclude, session_items, exclude_purchased, now)
+    except STORE_ERRORS as error:
+        problem = f"online store unavailable ({type(error).__name__}: {error})"
+        allowed = champion.in_catalog.copy()
+        _block(champion, allowed, exclude, value=False)
+        answer = _cold(champion, allowed, k, session_items, dict.fromkeys(USER_VIEWS, UNAVAILABLE), problem)
+        answer.store_error = problem
+        return answer
+
+
+def _recommend(champion: Champion, user_id: str, k: int, exclude, session_items, exclude_purchased, now) -> Answer:
     retrieval = champion.at(now)
     user = retrieval.columns(RANKER_SERVICE, "user_id", [user_id])
     history = _list(user["user_history__history_items"][0])
@@ -148,9 +163,9 @@ def _nearest(champion: Champion, vector: np.ndarray, k: int, skip: set, allowed=
         wanted *= 4
 
 
-def _block(champion: Champion, blocked: np.ndarray, items) -> None:
+def _block(champion: Champion, mask: np.ndarray, items, value=True) -> None:
     rows = champion.position.of(items)
-    blocked[rows[rows >= 0]] = True  # unknown ids in an exclude list are ignored
+    mask[rows[rows >= 0]] = value  # unknown ids in an exclude list are ignored
 
 
 def _list(value) -> list:

@@ -16,7 +16,7 @@ MAX_ID_LENGTH = 128
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, strip_whitespace=True, pattern=r"\S")]
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, strip_whitespace=True, pattern=r"\S")]
 Reason = Literal["retrieved", "repurchase", "popular", "similar"]
-Status = Literal["fresh", "stale", "missing"]
+Status = Literal["fresh", "stale", "missing", "unavailable"]
 
 
 class RecommendedItem(BaseModel):
@@ -37,7 +37,8 @@ class FeatureStatus(BaseModel):
     as_of: str = Field(description="The moment freshness was judged at (ISO 8601, UTC).")
     views: dict[str, Status] = Field(
         description="Per feature view read for this request: fresh, stale (older than its TTL: blanked, not used "
-        "as fresh) or missing. Item views report the worst status among the candidates."
+        "as fresh), missing, or unavailable (the online store could not be read: the answer is a fallback). Item "
+        "views report the worst status among the candidates."
     )
     stale: list[str] = Field(description="The views that were stale for this request.")
 

@@ -58,6 +58,7 @@ class Holder:
 
         self.store = open_store(get_settings())
         self.champion, self.problem, self._loaded_key = None, "loading", None
+        self.store_problem: str | None = None  # the online store failed a read: not ready until it answers again
         self._shop_time = None
         self.refresh()
         threading.Thread(target=self._poll, name="champion-swap", daemon=True).start()
@@ -98,10 +99,34 @@ class Holder:
             logger.info("serving %s (%d items, loaded in %.1f s)", champion.tag, len(champion.item_ids),
                         champion.loaded_at)  # fmt: skip
 
+    def store_read(self, problem: str | None) -> None:
+        """A request's read of the online store failed (problem) or succeeded (None)."""
+        if problem and not self.store_problem:
+            logger.warning("%s: answering the cold-start fallback until it answers again", problem)
+        elif not problem and self.store_problem:
+            logger.info("the online store answers again")
+        self.store_problem = problem
+
+    def _probe_store(self) -> None:
+        """While the store is failing, one read per poll: the service recovers without waiting for traffic."""
+        from features.online import STORE_ERRORS
+
+        champion = self.champion
+        if champion is None:
+            return
+        try:
+            champion.retrieval.readers["ranker_v1"].read_user("shoprec-store-probe", self.now())
+        except STORE_ERRORS as error:
+            self.store_read(f"online store unavailable ({type(error).__name__}: {error})")
+        else:
+            self.store_read(None)
+
     def _poll(self) -> None:
         while True:
             time.sleep(get_settings().swap_poll_s)
             try:
+                if self.store_problem:
+                    self._probe_store()
                 self.refresh()
             except Exception:  # keep polling: the next look may succeed (a store being rewritten, say)
                 logger.exception("champion poll failed")
@@ -111,11 +136,21 @@ HOLDER: Holder | None = None  # this worker's, for the guard's /readyz
 
 
 def readiness() -> tuple[bool, dict]:
+    """/readyz: ready with a champion and an online store that answers. With the store failing, requests still
+    get the stated fallback, but an orchestrator should send them to a replica that can personalise."""
     champion = HOLDER.champion if HOLDER is not None else None
-    body = {"ready": champion is not None, "model_version": champion.tag if champion else None,
+    problem = (HOLDER.problem if HOLDER else "starting") if champion is None else HOLDER.store_problem
+    body = {"ready": problem is None, "model_version": champion.tag if champion else None,
             "clock": get_settings().serving_clock, "as_of": str(HOLDER.now()) if HOLDER else None,
-            "reason": None if champion else (HOLDER.problem if HOLDER else "starting")}  # fmt: skip
-    return champion is not None, body
+            "reason": problem}  # fmt: skip
+    return problem is None, body
+
+
+def unservable() -> str | None:
+    """Why the API cannot answer at all (no champion yet), checked on every request: None when it can."""
+    if HOLDER is not None and HOLDER.champion is not None:
+        return None
+    return HOLDER.problem if HOLDER else "starting"
 
 
 @bentoml.service(
@@ -144,6 +179,8 @@ class Recommender:
         champion = self._champion()
         now = self.holder.now()
         answer = recommend(champion, user_id, k, exclude, session_items, exclude_purchased, now)
+        if answer.store_error or self.holder.store_problem:
+            self.holder.store_read(answer.store_error)
         self.metrics.record(champion.tag, answer)
         return Recommendations(
             items=[RecommendedItem(item_id=i, score=s, reason=r) for i, s, r in answer.items],
@@ -215,5 +252,5 @@ class _Metrics:
             self._tag = tag
 
 
-Recommender.add_asgi_middleware(Guard, status=readiness, settings=get_settings,
+Recommender.add_asgi_middleware(Guard, status=readiness, settings=get_settings, unservable=unservable,
                                 api_paths=("/recommend", "/similar_items"))  # fmt: skip

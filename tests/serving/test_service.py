@@ -195,3 +195,37 @@ def test_a_new_catalog_item_is_reachable_from_its_text_once_materialised(shop_co
     # It is context for a cold session too.
     session = client.post("/recommend", json={"user_id": "never-seen", "k": 3, "session_items": ["NEW-MUG-1"]})
     assert [i["reason"] for i in session.json()["items"]] == ["similar"] * 3
+
+
+def test_a_failing_online_store_gets_the_stated_fallback_and_the_service_recovers_by_itself(client, monkeypatch):
+    """The online store failing (Redis down: its reads raise): /recommend answers popularity, saying why, not a
+    500; /readyz is 503 with the reason; once reads succeed again the poller's probe makes it ready by itself.
+    The real Redis stopped and restarted under `bentoml serve`: tests/production/."""
+    import time
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from features.online import OnlineFeatures
+
+    def down(*_args, **_kwargs):
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    personal = client.post("/recommend", json={"user_id": "12748", "k": 5}).json()
+    assert personal["fallback"] is None
+    with monkeypatch.context() as patch:
+        patch.setattr(OnlineFeatures, "read_user", down)
+        patch.setattr(OnlineFeatures, "read_items", down)
+        answer = client.post("/recommend", json={"user_id": "12748", "k": 5, "exclude": ["23084"]})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert "online store unavailable (ConnectionError" in body["fallback"]
+        assert [i["reason"] for i in body["items"]] == ["popular"] * 5 and "23084" not in str(body["items"])
+        assert body["feature_status"]["views"]["user_activity"] == "unavailable"
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "online store unavailable" in ready.json()["reason"]
+        assert client.post("/similar_items", json={"item_id": "23084", "k": 3}).status_code == 200  # no store
+    deadline = time.monotonic() + 30
+    while client.get("/readyz").status_code != 200:  # nobody asks for a recommendation meanwhile
+        assert time.monotonic() < deadline, client.get("/readyz").text
+        time.sleep(0.2)
+    assert client.post("/recommend", json={"user_id": "12748", "k": 5}).json()["items"] == personal["items"]
