@@ -15,7 +15,9 @@ from features.store import materialized_version
 from shoprec.demo import bring_up, summary
 from shoprec.stack import DAGS, Ports, Stack
 
-pytestmark = pytest.mark.slow
+# The whole chain under the real scheduler: 6-7 min on the quiet 2-core machine, over 10 min with a training job
+# beside it; the one limit covers the module fixture that brings the stack up inside the first test.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 SINCE = "2011-11-21"  # three weekly batches, about 40k events: the serving tests' shop
 USER, ITEM = "12748", "23084"  # a customer of every one of those weeks; an item sold in them
