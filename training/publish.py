@@ -77,15 +77,26 @@ def champion_path(settings: Settings) -> Path | None:
 
 
 def publish(artefact: Path, settings: Settings, labels: dict, metadata: dict) -> str:
-    """Copy an artefact folder into the model store as a new version of MODEL_NAME and make it champion."""
+    """Copy an artefact folder into the model store as a new version of MODEL_NAME and make it champion.
+
+    Idempotent per labels["run_id"]: a retried publish task (its first try lost after the version entered the
+    store, before anything recorded it) finds that version and makes it champion instead of adding a second."""
     import bentoml
 
-    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata, _model_store=_store(settings)) as model:
-        shutil.copytree(artefact, model.path, dirs_exist_ok=True)
-    tag = str(model.tag)
+    store = _store(settings)
+    run_id = labels.get("run_id")
+    earlier = [m for m in bentoml.models.list(_model_store=store)
+               if run_id and m.tag.name == MODEL_NAME and m.info.labels.get("run_id") == run_id]  # fmt: skip
+    if earlier:
+        tag = str(earlier[0].tag)
+    else:
+        with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata, _model_store=store) as model:
+            shutil.copytree(artefact, model.path, dirs_exist_ok=True)
+        tag = str(model.tag)
     path = _record_path(settings)
     history = read_json(path)["history"] if path.exists() else []
-    write_json(path, {"history": [*history, tag]})
+    if tag not in history:  # the retry of a publish that got this far already changes nothing
+        write_json(path, {"history": [*history, tag]})
     return tag
 
 

@@ -75,6 +75,24 @@ def test_rollback_makes_the_previous_champion_current(tasteful_lake, shoprec_hom
     assert publish.rollback(settings) == first and publish.champion(settings) == first
 
 
+def test_a_retried_publish_of_one_run_adds_no_second_version(shoprec_home, tmp_path):
+    """The publish task retried after its first try put the version in the store (a worker lost right then)."""
+    import bentoml
+
+    settings = shoprec_home
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "artefact.json").write_text("{}")
+    labels = {"stage": "champion", "run_id": "scheduled__2011-12-10T00-00-00"}
+    first = publish.publish(tmp_path / "a", settings, labels, {"metrics": {}})
+    assert publish.publish(tmp_path / "a", settings, labels, {"metrics": {}}) == first
+    assert [str(m.tag) for m in bentoml.models.list(_model_store=publish._store(settings))] == [first]
+    assert publish.champion(settings) == first
+    with pytest.raises(ValueError, match="no previous champion"):  # one entry in the champion's history
+        publish.rollback(settings)
+    other = publish.publish(tmp_path / "a", settings, {**labels, "run_id": "manual__later"}, {"metrics": {}})
+    assert other != first and publish.champion(settings) == other
+
+
 def test_gate_tolerance_is_relative_and_popularity_is_a_floor():
     champion = {"recall@20": 0.20, "ndcg@20": 0.10}
     floor = {"recall@20": 0.05, "ndcg@20": 0.03}
