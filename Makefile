@@ -10,7 +10,8 @@ export SHOPREC_HOME ?= $(abspath .shoprec)
 export AIRFLOW_HOME ?= $(SHOPREC_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(abspath dags)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
-export AIRFLOW__CORE__PARALLELISM ?= 4
+# Two task processes at a time on the 2-core machine (the demo stack's DAGs run their tasks one after another).
+export AIRFLOW__CORE__PARALLELISM ?= 2
 # The demo retrains the tiny preset (small models, the same pipeline); `make demo DEMO_PRESET=full` for the real one.
 DEMO_PRESET ?= tiny
 
