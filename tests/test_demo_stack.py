@@ -15,7 +15,7 @@ from features.store import materialized_version
 from shoprec.demo import bring_up, summary
 from shoprec.stack import DAGS, Ports, Stack
 
-# The whole chain under the real scheduler: 6-7 min on the quiet 2-core machine, over 10 min with a training job
+# The whole chain under the real scheduler: 198 s on the quiet 2-core machine, over 10 min with a training job
 # beside it; the one limit covers the module fixture that brings the stack up inside the first test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
