@@ -60,7 +60,10 @@ class Settings(BaseSettings):
     serving_port: int = Field(3000, ge=1, le=65535, description="Port of `shoprec serve`.")
     serving_workers: int = Field(1, ge=1, description="Worker processes of the recommendation service.")
     serving_threads: int = Field(
-        4, ge=1, description="Request threads per worker (sync endpoints run one at a time per thread)."
+        4,
+        ge=1,
+        description="Threads per worker for BentoML's sync work; the endpoints are async and answer one "
+        "request at a time per worker (scale with workers, one per core).",
     )
     api_key: SecretStr | None = Field(
         None,
