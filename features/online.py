@@ -86,7 +86,7 @@ class OnlineFeatures:
         user, user_status = {}, {}
         for view, names, kinds in self._views["user_id"]:
             ((stamp, values),) = self._read_rows(view, names, "user_id", [user_id])
-            status = _statuses([stamp], view.ttl, now)[0]
+            status = _judge(_stamps([stamp]), _ttl_ns(view), now)[1][0]
             user_status[view.name] = status
             user.update(_columns(view.name, names, kinds, [values if status == FRESH else None]))
         return user, user_status
@@ -108,9 +108,8 @@ class OnlineFeatures:
             if unknown:
                 cached.update(zip(unknown, self._read_rows(view, names, "item_id", unknown), strict=True))
             rows = [cached[i] for i in item_ids]
-            stamps = np.array([MISSING_STAMP if stamp is None else stamp for stamp, _ in rows], dtype=np.int64)
             columns = _columns(view.name, names, kinds, [values for _, values in rows])
-            views.append((view.name, pd.Timedelta(view.ttl).value if view.ttl else 0, stamps, columns))
+            views.append((view.name, _ttl_ns(view), _stamps([stamp for stamp, _ in rows]), columns))
         return ItemRows(views)
 
     @property
@@ -155,10 +154,7 @@ class ItemRows:
         """(features of the rows (all by default), blanked where not fresh at now; each view's status per row)."""
         values, statuses = {}, {}
         for view, ttl, stamps, columns in self.views:
-            stamps = stamps if rows is None else stamps[rows]
-            found = stamps != MISSING_STAMP
-            fresh = found & (stamps >= now.value - ttl) if ttl else found
-            statuses[view] = np.where(~found, MISSING, np.where(fresh, FRESH, STALE)).astype(object)
+            fresh, statuses[view] = _judge(stamps if rows is None else stamps[rows], ttl, now)
             for name, column in columns.items():
                 column = column if rows is None else column[rows]
                 values[name] = _blank(column, fresh)
@@ -188,12 +184,19 @@ def _stamp_ns(stamp) -> int | None:
     return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp).value
 
 
-def _statuses(stamps: list, ttl, now: pd.Timestamp) -> np.ndarray:
-    """fresh / stale / missing per row: stale when older than the view's TTL at `now` (ttl 0: never stale)."""
-    found = np.array([s is not None for s in stamps], dtype=bool)
-    ns = np.array([s if s is not None else 0 for s in stamps], dtype=np.int64)
-    stale = found & (ns < (now - ttl).value) if ttl else np.zeros(len(stamps), bool)
-    return np.where(~found, MISSING, np.where(stale, STALE, FRESH)).astype(object)
+def _judge(stamps: np.ndarray, ttl_ns: int, now: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
+    """(fresh, fresh / stale / missing) per row: stale when older than the view's TTL at `now` (0: never stale)."""
+    found = stamps != MISSING_STAMP
+    fresh = found & (stamps >= now.value - ttl_ns) if ttl_ns else found
+    return fresh, np.where(~found, MISSING, np.where(fresh, FRESH, STALE)).astype(object)
+
+
+def _stamps(stamps: list) -> np.ndarray:
+    return np.array([MISSING_STAMP if stamp is None else stamp for stamp in stamps], dtype=np.int64)
+
+
+def _ttl_ns(view) -> int:
+    return pd.Timedelta(view.ttl).value if view.ttl else 0
 
 
 def _python(value: Value | None):
