@@ -8,6 +8,11 @@ index; taobao the ../shared/data excerpt replayed daily, 55k items, HNSW) and ca
   shoprec-1w, shoprec-2w   `shoprec serve --workers N --clock shop` (serving.service:Recommender)
   naive-<N>w               `bentoml serve bench.naive_service:NaiveRecommender`: the same champion and models,
                            features through Feast's get_online_features per request
+  echo-2w                  `bentoml serve bench.echo_service:EchoRecommender`: the same HTTP contract answering
+                           a fixed list, no model: what BentoML, loopback and the load generator cost alone
+
+The fixed-rate run of shoprec-2w, the configuration the targets are for, lasts --seconds (5 minutes); the others'
+--side-seconds (1 minute), enough for their medians and the comparison.
 
 Each is warmed up (readyz, then WARMUP requests not counted) and driven by a load generator in its own process on
 127.0.0.1 (asyncio + aiohttp): a fixed-rate run, open loop (request i is sent at t0 + i/rate whatever happened
@@ -47,6 +52,8 @@ EVERY = {"online_retail": "week", "taobao": "day"}
 RATE = 100  # req/s of the fixed-rate run (the issue's target)
 SECONDS = 300  # length of the fixed-rate run (the target is 5 minutes)
 SATURATION_SECONDS = 30
+SIDE_SECONDS = 60  # length of the other services' fixed-rate runs
+SIDE_SERVICES = {"naive": "bench.naive_service:NaiveRecommender", "echo": "bench.echo_service:EchoRecommender"}
 CONNECTIONS = 12  # closed-loop connections of the saturation run
 WARMUP = 300  # requests per service before anything counts
 TIMEOUT_S = 10  # a request not answered in this long is an error (the service's own traffic timeout is 10 s)
@@ -350,17 +357,16 @@ LIVE: list[subprocess.Popen] = []  # every server this process started, stopped 
 class Server:
     """One `bentoml serve` on a free loopback port, in its own process group."""
 
-    def __init__(self, name: str, home: Path, workers: int, naive: bool, log_dir: Path):
+    def __init__(self, name: str, home: Path, workers: int, kind: str, log_dir: Path):
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "SHOPREC_HOME": str(home), "SHOPREC_SERVING_CLOCK": "shop",
                "SHOPREC_SERVING_WORKERS": str(workers)}  # fmt: skip
         env.pop("SHOPREC_API_KEY", None)
         python = sys.executable
-        if naive:
+        if kind in SIDE_SERVICES:
             bentoml = shutil.which("bentoml", path=str(Path(python).parent)) or "bentoml"
-            command = [bentoml, "serve", "bench.naive_service:NaiveRecommender", "--host", "127.0.0.1",
-                       "--port", str(self.port)]  # fmt: skip
+            command = [bentoml, "serve", SIDE_SERVICES[kind], "--host", "127.0.0.1", "--port", str(self.port)]
         else:
             command = [python, "-m", "shoprec", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                        "--workers", str(workers), "--clock", "shop"]  # fmt: skip
@@ -429,9 +435,9 @@ def stop_all(*_):
         stop(LIVE[-1])
 
 
-def measure(name: str, home: Path, workers: int, naive: bool, bodies: list[bytes], seconds: float,
+def measure(name: str, home: Path, workers: int, kind: str, bodies: list[bytes], seconds: float,
             saturation_seconds: float, warmup: int) -> dict:  # fmt: skip
-    server = Server(name, home, workers, naive, CACHE / "logs")
+    server = Server(name, home, workers, kind, CACHE / "logs")
     try:
         ready_s = server.wait_ready()
         url = f"{server.url}/recommend"
@@ -446,7 +452,7 @@ def measure(name: str, home: Path, workers: int, naive: bool, bodies: list[bytes
         fixed = figures(drive(url, bodies, "fixed", rate=RATE, seconds=seconds), "fixed", RATE, seconds)
         print(f"  {name}: fixed {_line(fixed)}", flush=True)
         memory = server.memory()
-        return {"service": "naive" if naive else "shoprec", "workers": workers, "ready_seconds": round(ready_s, 1),
+        return {"service": kind, "workers": workers, "ready_seconds": round(ready_s, 1),
                 "warmup_requests": warmup, "load_average_1m_before": round(load_before, 2),
                 "saturation": saturated, "fixed_rate": fixed, "memory": memory}  # fmt: skip
     finally:
@@ -493,7 +499,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n")[0])
     parser.add_argument("datasets", nargs="*", default=list(DATASETS), help=f"of {', '.join(DATASETS)} (default all)")
     parser.add_argument("--quick", action="store_true", help="tiny preset, 20 s fixed-rate and 10 s saturation runs")
-    parser.add_argument("--seconds", type=float, help=f"fixed-rate run length (default {SECONDS}, --quick 20)")
+    parser.add_argument("--seconds", type=float, help=f"shoprec-2w's fixed-rate run (default {SECONDS}, --quick 20)")
+    parser.add_argument("--side-seconds", type=float, help=f"the other fixed-rate runs (default {SIDE_SECONDS})")
     parser.add_argument("--saturation-seconds", type=float, help=f"(default {SATURATION_SECONDS}, --quick 10)")
     parser.add_argument("--naive-workers", type=int, default=2, help="workers of the naive service (default 2)")
     parser.add_argument("--build-only", action="store_true", help="build (or find) the cached shops, measure nothing")
@@ -502,6 +509,7 @@ def main() -> None:
         parser.error(f"unknown dataset(s) {sorted(unknown)}; choose from {DATASETS}")
     preset = "tiny" if args.quick else "full"
     seconds = args.seconds or (20 if args.quick else SECONDS)
+    side_seconds = args.side_seconds or min(seconds, SIDE_SECONDS)
     saturation_seconds = args.saturation_seconds or (10 if args.quick else SATURATION_SECONDS)
     warmup = 100 if args.quick else WARMUP
 
@@ -543,10 +551,12 @@ def main() -> None:
             row = {"preset": preset, "shop": built, "request_users": len(users), "unknown_users": unknown,
                    "in_process": stages, "runs": {}}  # fmt: skip
             key = f"{dataset}/{preset}"
-            plan = [("shoprec-1w", 1, False), ("shoprec-2w", 2, False), (f"naive-{args.naive_workers}w",
-                                                                         args.naive_workers, True)]  # fmt: skip
-            for name, workers, naive in plan:
-                row["runs"][name] = measure(name, home, workers, naive, bodies, seconds, saturation_seconds, warmup)
+            plan = [("echo-2w", 2, "echo", side_seconds), ("shoprec-1w", 1, "shoprec", side_seconds),
+                    ("shoprec-2w", 2, "shoprec", seconds),
+                    (f"naive-{args.naive_workers}w", args.naive_workers, "naive", side_seconds)]  # fmt: skip
+            for name, workers, kind, run_seconds in plan:
+                row["runs"][name] = measure(name, home, workers, kind, bodies, run_seconds, saturation_seconds,
+                                            warmup)  # fmt: skip
                 row["verdicts"] = verdicts(row["runs"])
                 report["datasets"][key] = row
                 save(report)

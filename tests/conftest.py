@@ -16,6 +16,27 @@ from core.layout import Layout
 from core.settings import PROJECT_ROOT, Settings, get_settings
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+# The two running stacks (Airflow's real scheduler over the three DAGs, minutes each, mostly waiting on it): one
+# xdist worker takes both, first, while the other works through the rest of the suite (`make test` runs two).
+STACK_MODULES = ("tests/production/test_production_stack.py", "tests/test_demo_stack.py")
+
+
+def pytest_collection_modifyitems(items):
+    """The stacks' tests first: they are the longest unit of work, so they start at once beside the rest."""
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in STACK_MODULES)  # stable: the rest keep their order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole files per worker (module and session fixtures are built once per worker), the two stacks as one."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class StacksTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            return "stacks" if path in STACK_MODULES else path
+
+    config.option.loadscopereorder = False  # collection order: the stacks first
+    return StacksTogether(config, log)
 
 
 @pytest.fixture

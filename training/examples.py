@@ -6,14 +6,20 @@ so joining at an event's time and at the midnight that starts its day return the
 once per (user, day), which is exact and many times cheaper than once per event.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-from feast import FeatureStore
 
 from features.training_sets import entity_features
 from training.config import TwoTowerConfig
 from training.inputs import ItemTable, UserInputs
 from training.models import hash_buckets
+
+if TYPE_CHECKING:  # Feast loads through features/, which first switches off typeguard's instrumentation
+    from feast import FeatureStore
 
 TWO_TOWER_SERVICE = "two_tower_v1"
 RANKER_SERVICE = "ranker_v1"

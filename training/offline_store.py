@@ -5,18 +5,23 @@ feature code (features/build.py) and Feast definitions build and register the fe
 read the production features, computed without any test information.
 """
 
+from __future__ import annotations
+
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
-from feast import FeatureStore
 
 from core.contract import LAKE_SCHEMA
 from core.layout import Layout, table_bytes, write_atomically, write_json, write_parquet
 from core.settings import Settings
 from features.build import build
 from features.store import apply, open_store
+
+if TYPE_CHECKING:  # Feast loads through features/, which first switches off typeguard's instrumentation
+    from feast import FeatureStore
 
 EMBEDDING_CACHE = "text_embeddings.parquet"
 
