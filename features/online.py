@@ -57,12 +57,25 @@ class OnlineRead:
                       | {v for v, s in self.item_status.items() if (s == STALE).any()})  # fmt: skip
 
 
+def _fail_fast(online_store, online_config) -> None:
+    """A Redis read tries once. redis-py retries a timed-out or refused command 3 times with up to 1+2+4 s of
+    backoff by default: a hung Redis held a request for up to 15 s (past the service's 10 s timeout) where one
+    SHOPREC_REDIS_TIMEOUT_S should answer the fallback; the service's poller probes the store until it is back."""
+    if type(online_store).__name__ != "RedisOnlineStore":
+        return
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    online_store._get_client(online_config).set_retry(Retry(NoBackoff(), 0))
+
+
 class OnlineFeatures:
     """Reads a feature service's features for (user, items) requests from the online store."""
 
     def __init__(self, store: FeatureStore, service: str, layout: Layout):
         self._config = store.config
         self._online = get_online_store_from_config(store.config.online_store)
+        _fail_fast(self._online, store.config.online_store)
         self._version_file = layout.feast / "materialized.json"
         self._views = {"user_id": [], "item_id": []}  # join key -> [(view, [features])]
         for projection in store.get_feature_service(service).feature_view_projections:

@@ -3,6 +3,7 @@ an Airflow home with a migrated metadata database for DAG tests, and a real redi
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -124,6 +125,13 @@ class RedisServer:
         self.process = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", *keep],
                                         stdout=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         wait_for_port(self.port)
+
+    def pause(self) -> None:
+        """SIGSTOP: the port stays open and connections are accepted, but nothing is answered (a hung server)."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Shut it down (saving its data when it has a folder); returns once the port is closed."""

@@ -81,12 +81,17 @@ def test_materialising_twice_leaves_the_online_store_identical(store, layout, se
     assert again["materialized"] == {} and online_rows(settings.home) == before
 
 
-def test_online_reads_are_fresh_then_stale_past_the_ttl(online_settings, layout, shop):
+def materialized_reader(settings, layout) -> OnlineFeatures:
+    """The shop's features built, applied and materialised up to END, and serving's reader over them."""
     build(layout)
-    store = open_store(online_settings)
-    apply(store, online_settings)
+    store = open_store(settings)
+    apply(store, settings)
     materialize(store, layout, END)
-    reader = OnlineFeatures(store, "ranker_v1", layout)
+    return OnlineFeatures(store, "ranker_v1", layout)
+
+
+def test_online_reads_are_fresh_then_stale_past_the_ttl(online_settings, layout, shop):
+    reader = materialized_reader(online_settings, layout)
     user = shop["user_id"].iloc[-1]
     items = shop["item_id"].drop_duplicates().head(200).tolist() + ["no-such-item"]
     fresh = reader.read(user, items, as_of=END)
@@ -132,3 +137,31 @@ def test_a_backfilled_row_wins_over_the_row_it_corrects(store, layout, shop):
     user, stamp = corrected["user_id"].iloc[0], corrected["event_timestamp"].iloc[0]
     rows = pd.DataFrame({"user_id": [user], "item_id": ["i1"], "event_timestamp": [stamp + pd.Timedelta(hours=1)]})
     assert training_set(store, rows, "ranker_v1")["user_activity__purchases_30d"].iloc[0] == 999
+
+
+def test_a_hung_redis_fails_a_read_in_one_timeout(settings, layout, shop):
+    """A Redis that accepts connections but answers nothing (SIGSTOPped) costs a read one SHOPREC_REDIS_TIMEOUT_S,
+    then a store error the caller answers with its fallback: redis-py's default 3 retries with backoff took 6 s
+    at a 0.5 s timeout. Once Redis answers again, the same reader reads again."""
+    from features.online import STORE_ERRORS
+    from tests.conftest import RedisServer
+
+    server = RedisServer()
+    try:
+        production = settings.model_copy(update={"feast_env": "production", "redis_url": server.url,
+                                                 "redis_timeout_s": 0.5,
+                                                 "feast_registry_url": f"sqlite:///{settings.home}/registry.db"})  # fmt: skip
+        reader = materialized_reader(production, layout)
+        user = shop["user_id"].iloc[-1]
+        assert reader.read_user(user, END)[1]["user_activity"] == "fresh"
+        server.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(STORE_ERRORS):
+                reader.read_user(user, END)
+            assert time.monotonic() - started < 1.5
+        finally:
+            server.resume()
+        assert reader.read_user(user, END)[1]["user_activity"] == "fresh"
+    finally:
+        server.stop()
