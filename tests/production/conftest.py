@@ -30,6 +30,7 @@ from tests.conftest import RedisServer, free_port, wait_for_port
 
 SINCE = pd.Timestamp("2011-11-21", tz="UTC")  # three weekly batches, about 40k events (the serving tests' shop)
 DAGS = ("ingest_events", "materialize_features", "retrain_models")
+RESTARTED = ("api-server", "dag-processor", "scheduler", "triggerer")  # restarted by the compose file's policy
 BIN = Path(sys.executable).parent
 
 
@@ -109,6 +110,8 @@ class Stack:
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.password = secrets.token_urlsafe(16)
         self.processes: dict[str, subprocess.Popen] = {}
+        self._commands: dict[str, tuple] = {}  # name -> (command, env): how to start it again
+        self.restarts: list[tuple[str, int]] = []  # (name, exit code) of each restart the policy made
         self.env = self._environment()
         self.settings = Settings(home=self.home, feast_env="production", redis_url=self.redis.url,
                                  feast_registry_url=self.postgres.url("feast", "psycopg"))  # fmt: skip
@@ -173,6 +176,7 @@ class Stack:
         return done
 
     def start(self, name: str, *command: str, env: dict | None = None) -> subprocess.Popen:
+        self._commands[name] = (command, env)
         log = (self.logs / f"{name}.log").open("a")
         self.processes[name] = subprocess.Popen(command, env=env or self.env, cwd=PROJECT_ROOT, stdout=log,
                                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -251,10 +255,24 @@ class Stack:
             value = condition()
             if value:
                 return value
-            for name, process in self.processes.items():
-                assert process.poll() is None, f"{name} exited: see {self.logs / name}.log"
+            self._restart_exited()
             time.sleep(every)
         raise AssertionError(f"{what}: not within {timeout:.0f} s; logs in {self.logs}")
+
+    def _restart_exited(self) -> None:
+        """docker-compose.yaml's `restart: unless-stopped`, for Airflow's processes: the scheduler exits when
+        Postgres cuts the connection it is using (Airflow leaves recovery to the supervisor), and compose starts
+        it again. Anything else that exits fails the test, and so does a process restarted more than thrice."""
+        for name, process in list(self.processes.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            assert name in RESTARTED and sum(n == name for n, _ in self.restarts) < 3, (
+                f"{name} exited ({code}): see {self.logs / name}.log"
+            )
+            self.restarts.append((name, code))
+            command, env = self._commands[name]
+            self.start(name, *command, env=env)
 
     def wait_run(self, dag_id: str, timeout: float) -> dict:
         """The DAG's newest run once it has ended (success or failed)."""

@@ -218,7 +218,10 @@ def test_a_killed_scheduler_loses_nothing_and_doubles_nothing(stack, ingested, m
 
 
 def test_a_postgres_restart_during_training_is_retried_to_success(stack, retrained):
-    assert retrained["state"] == "success"
+    """Every connection cut: the task processes reconnect (the Execution API, Feast's registry with pool_pre_ping);
+    a scheduler caught mid-query exits and is started again by the restart policy (stack.restarts), as compose
+    does; the run ends in success either way."""
+    assert retrained["state"] == "success", stack.restarts
     tis = stack.task_instances("retrain_models", retrained["dag_run_id"])
     assert all(ti["state"] == "success" for ti in tis), [(t["task_id"], t["try_number"], t["state"]) for t in tis]
     # One retraining run published one model: retries published no second version.
