@@ -61,7 +61,7 @@ def _fail_fast(online_store, online_config) -> None:
     """A Redis read tries once. redis-py retries a timed-out or refused command 3 times with up to 1+2+4 s of
     backoff by default: a hung Redis held a request for up to 15 s (past the service's 10 s timeout) where one
     SHOPREC_REDIS_TIMEOUT_S should answer the fallback; the service's poller probes the store until it is back."""
-    if type(online_store).__name__ != "RedisOnlineStore":
+    if online_config.type != "redis":
         return
     from redis.backoff import NoBackoff
     from redis.retry import Retry

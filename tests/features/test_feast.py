@@ -19,10 +19,13 @@ END = pd.Timestamp("2024-03-22", tz="UTC")  # the lake's logical time: the end o
 def online_settings(request, settings):
     if request.param == "sqlite":
         return settings
-    url = request.getfixturevalue("redis_url")
-    # The production environment: Redis online store, SQL registry (SQLite here stands in for Postgres).
-    return settings.model_copy(update={"feast_env": "production", "redis_url": url,
-                                       "feast_registry_url": f"sqlite:///{settings.home}/registry.db"})  # fmt: skip
+    return on_redis(settings, request.getfixturevalue("redis_url"))
+
+
+def on_redis(settings, redis_url: str, **more):
+    """The production environment: Redis online store, SQL registry (SQLite here stands in for Postgres)."""
+    return settings.model_copy(update={"feast_env": "production", "redis_url": redis_url,
+                                       "feast_registry_url": f"sqlite:///{settings.home}/registry.db", **more})  # fmt: skip
 
 
 @pytest.fixture
@@ -148,10 +151,7 @@ def test_a_hung_redis_fails_a_read_in_one_timeout(settings, layout, shop):
 
     server = RedisServer()
     try:
-        production = settings.model_copy(update={"feast_env": "production", "redis_url": server.url,
-                                                 "redis_timeout_s": 0.5,
-                                                 "feast_registry_url": f"sqlite:///{settings.home}/registry.db"})  # fmt: skip
-        reader = materialized_reader(production, layout)
+        reader = materialized_reader(on_redis(settings, server.url, redis_timeout_s=0.5), layout)
         user = shop["user_id"].iloc[-1]
         assert reader.read_user(user, END)[1]["user_activity"] == "fresh"
         server.pause()

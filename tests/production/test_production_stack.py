@@ -244,7 +244,7 @@ def test_a_retried_publish_adds_no_model_version(stack, retrained):
     assert versions == [before] and again["champion"] == before, versions
 
 
-def assert_fallback_while_redis_fails(stack, service) -> None:
+def assert_fallback_while_redis_fails(service) -> None:
     """/recommend answers a stated fallback or 503 within one store timeout (never hangs, never 500s) for a known
     and an unknown user, and /readyz says why."""
     for user in (USER, "unknown-user"):
@@ -288,7 +288,7 @@ def test_redis_failing_the_service_answers_fast_and_recovers(stack, service, fau
     assert httpx.post(f"{service}/recommend", json={"user_id": USER, "k": 5}, timeout=10).status_code == 200
     getattr(stack.redis, fail)()
     try:
-        assert_fallback_while_redis_fails(stack, service)
+        assert_fallback_while_redis_fails(service)
     finally:
         getattr(stack.redis, mend)()
     assert_personal_again(stack, service)
