@@ -5,6 +5,8 @@ pd.Index.get_indexer costs 30-60 us a call in conversions alone and a dict looku
 hundreds of thousands at once, where pandas' hash table is the faster. `Positions` picks per call.
 """
 
+from itertools import repeat
+
 import numpy as np
 import pandas as pd
 
@@ -36,9 +38,9 @@ class Positions:
         if len(wanted) > FEW or (self._dict is None and len(self.ids) > 16 * FEW and self._index is not None):
             return self.index.get_indexer(wanted)
         if self._dict is None:
-            self._dict = {key: row for row, key in enumerate(self.ids.tolist())}
-        get = self._dict.get
-        return np.fromiter((get(key, -1) for key in wanted.tolist()), np.int64, count=len(wanted))
+            self._dict = dict(zip(self.ids.tolist(), range(len(self.ids))))
+        # map over the bound get runs in C: half the time of a generator expression's frame per id
+        return np.fromiter(map(self._dict.get, wanted.tolist(), repeat(-1)), np.int64, count=len(wanted))
 
 
 def positions_of(ids, wanted) -> np.ndarray:

@@ -121,10 +121,9 @@ def _personalised(champion: Champion, retrieval, user_id: str, history: list, al
         probability = ranker.probabilities(features)[:, head]
         candidate_rows = rows[candidates.item]
         keep = allowed[candidate_rows]
-        for row, p in sorted(zip(candidate_rows[keep], 10.0 + probability[keep], strict=True), key=lambda x: -x[1]):
-            final[row] = float(p)
-            if len(final) == k:
-                break
+        kept_rows, kept_scores = candidate_rows[keep], 10.0 + probability[keep]
+        best_k = np.argsort(-kept_scores, kind="stable")[:k]  # stable: ties keep the candidates' order
+        final = dict(zip(kept_rows[best_k].tolist(), kept_scores[best_k].tolist(), strict=True))
     for row in order:  # fewer candidates than k survived the filters: the rest in retrieval order, as offline
         if len(final) == k:
             break

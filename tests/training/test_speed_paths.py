@@ -1,5 +1,7 @@
 """Where retraining was made faster, the fast path gives what the slow one gave: the retrieval's joins, each id
-joined once, equal the per-call joins row for row; the multi-tensor AdamW trains the same weights to the bit."""
+joined once, equal the per-call joins row for row; the multi-tensor AdamW trains the same weights to the bit; the
+user tower's pooling as one matmul gives the broadcast sums' vectors and gradients; a few ids hashed through the memo
+get the buckets pandas gives them."""
 
 from dataclasses import replace
 
@@ -114,3 +116,48 @@ def test_the_main_two_tower_trained_in_a_second_process_is_the_one_trained_in_li
         _, slow_frame, slow_features = slow.candidates(10)
         pd.testing.assert_frame_equal(fast_frame, slow_frame)
         np.testing.assert_array_equal(fast_features, slow_features)
+
+
+def _broadcast_user_tower(tower, history_ids, history_types, numbers):
+    """The user tower as first written: (weights[..., None] * h).sum(1) and (h * present).sum(1) / n."""
+    present = history_ids > 0
+    h = tower.id_embedding(history_ids) + tower.event_type(history_types)
+    h = h + tower.position(torch.arange(history_ids.shape[1]))[None]
+    weights = tower.attention(h).squeeze(-1).masked_fill(~present, -1e4).softmax(-1) * present
+    attended = (weights[..., None] * h).sum(1)
+    mean = (h * present[..., None]).sum(1) / present.sum(1, keepdim=True).clamp(min=1)
+    empty = (~present.any(1)).float()[:, None]
+    return torch.nn.functional.normalize(tower.mlp(torch.cat([attended, mean, numbers, empty], dim=-1)), dim=-1)
+
+
+def test_the_pooled_user_tower_gives_the_broadcast_sums_vectors_and_gradients():
+    from training.config import preset
+    from training.models import TwoTower
+
+    torch.manual_seed(0)
+    tower = TwoTower(replace(preset("full")[0], id_buckets=4096)).user_tower
+    for parameter in tower.parameters():  # weights far from their small start, so every term matters
+        torch.nn.init.normal_(parameter, std=0.3)
+    lengths = torch.tensor([0, 1, 37, 100])  # a newcomer, one event, some, a full history
+    padding = torch.arange(100)[None] >= lengths[:, None]
+    ids = torch.randint(1, 4096, (4, 100)).masked_fill(padding, 0)
+    types = torch.randint(1, 6, (4, 100)).masked_fill(padding, 0)
+    numbers = torch.rand(4, 3)
+    pooled, broadcast = tower(ids, types, numbers), _broadcast_user_tower(tower, ids, types, numbers)
+    torch.testing.assert_close(pooled, broadcast, rtol=1e-5, atol=1e-6)
+    parameters = list(tower.parameters())
+    for fast, slow in zip(torch.autograd.grad(pooled.square().sum(), parameters),
+                          torch.autograd.grad(broadcast.square().sum(), parameters), strict=True):  # fmt: skip
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def test_a_few_ids_hashed_through_the_memo_get_the_buckets_pandas_gives():
+    from training.models import _hashed, hash_buckets
+
+    rng = np.random.default_rng(0)
+    many = np.array([f"item-{i}" for i in rng.integers(0, 10**6, 5000)], dtype=object)
+    few = np.concatenate([many[:50], np.array([1, 1.0, "1", True, "01"], dtype=object)])  # 1 and 1.0 differ
+    for buckets in (1024, 1 << 16):
+        assert (hash_buckets(many, buckets) == _hashed(many, buckets)).all()  # the big call hashes directly
+        first, again = hash_buckets(few, buckets), hash_buckets(few, buckets)  # hashed, then remembered
+        assert (first == _hashed(few, buckets)).all() and (again == first).all()
