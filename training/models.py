@@ -41,14 +41,12 @@ def _remembered_buckets(values: np.ndarray, buckets: int) -> np.ndarray:
     hashing 100 ids through pandas costs ~0.1-0.4 ms, most of a user tower's time at one user."""
     known = _remembered.setdefault(buckets, {})
     keys = [key if type(key) is str else str(key) for key in values.tolist()]  # 1 and 1.0 are one dict key
-    found = [known.get(key) for key in keys]
-    if None in found:
-        missing = [key for key, bucket in zip(keys, found, strict=True) if bucket is None]
+    missing = [key for key in dict.fromkeys(keys) if key not in known]
+    if missing:
         if len(known) + len(missing) > _REMEMBERED_IDS:
             known.clear()
         known.update(zip(missing, _hashed(np.asarray(missing, dtype=object), buckets).tolist(), strict=True))
-        found = [known[key] for key in keys]
-    return np.asarray(found, dtype=np.int64)
+    return np.fromiter(map(known.__getitem__, keys), np.int64, count=len(keys))
 
 
 class ItemTower(nn.Module):
@@ -89,7 +87,8 @@ class UserTower(nn.Module):
         weights = self.attention(h).squeeze(-1).masked_fill(~present, -1e4).softmax(-1) * present
         mean = present / present.sum(1, keepdim=True).clamp(min=1)
         # Both poolings as one batched matmul over the events: the same sums as (weights[..., None] * h).sum(1),
-        # whose broadcast products and their backward took 40% of a full-preset training step at L=100.
+        # whose broadcast products and their backward were the user tower's main cost at L=100 (full-preset fit
+        # on Online Retail 558 -> 501 s).
         pooled = torch.stack([weights, mean], dim=1) @ h  # [B, 2, dim]: attended, mean
         empty = (~present.any(1)).float()[:, None]  # a newcomer: the MLP learns what to do with no history
         return F.normalize(self.mlp(torch.cat([pooled.flatten(1), numbers, empty], dim=-1)), dim=-1)
