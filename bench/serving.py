@@ -17,7 +17,8 @@ The fixed-rate run of shoprec-2w, the configuration the targets are for, lasts -
 Each is warmed up (readyz, then WARMUP requests not counted) and driven by a load generator in its own process on
 127.0.0.1 (asyncio + aiohttp): a fixed-rate run, open loop (request i is sent at t0 + i/rate whatever happened
 before, and its latency counts from that moment, so a stalled server is charged for the queue it causes: no
-coordinated omission), and a saturation run, closed loop (CONNECTIONS connections, each sending its next request
+coordinated omission; asyncio wakes up to a millisecond late, so each send spins its last SEND_SPIN_S to leave on
+time, and how late sends still were is reported as send_late_ms), and a saturation run, closed loop (CONNECTIONS connections, each sending its next request
 when the last one answers), whose completed requests per second are the service's capacity with the load
 generator on the same two cores. Requests: POST /recommend, k=10, for users sampled from those with events in the
 shop's last RECENT_DAYS days plus UNKNOWN_SHARE of ids the shop never saw (the cold-start path). An error is a
@@ -54,6 +55,8 @@ SECONDS = 300  # length of the fixed-rate run (the target is 5 minutes)
 SATURATION_SECONDS = 30
 SIDE_SECONDS = 60  # length of the other services' fixed-rate runs
 SIDE_SERVICES = {"naive": "bench.naive_service:NaiveRecommender", "echo": "bench.echo_service:EchoRecommender"}
+SEND_SPIN_S = 0.0015  # a fixed-rate send sleeps until this long before its moment, then spins: asyncio sleeps in
+# whole milliseconds, rounded up, and a late send is charged to the service (0.77 ms at the median on echo-1w)
 CONNECTIONS = 12  # closed-loop connections of the saturation run
 WARMUP = 300  # requests per service before anything counts
 TIMEOUT_S = 10  # a request not answered in this long is an error (the service's own traffic timeout is 10 s)
@@ -253,7 +256,7 @@ def load_process(
 async def _drive(url, bodies, mode, rate, seconds, connections, count) -> dict:
     import aiohttp
 
-    latencies, errors = [], {}
+    latencies, errors, late = [], {}, []
     connector = aiohttp.TCPConnector(limit=256 if mode == "fixed" else connections)
     headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
@@ -277,8 +280,11 @@ async def _drive(url, bodies, mode, rate, seconds, connections, count) -> dict:
             for i in range(total):
                 scheduled = t0 + i / rate
                 delay = scheduled - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                if delay > SEND_SPIN_S:
+                    await asyncio.sleep(delay - SEND_SPIN_S)
+                while loop.time() < scheduled:  # asyncio's timers wake up to 1 ms late: spin the rest
+                    pass
+                late.append(loop.time() - scheduled)
                 tasks.append(asyncio.create_task(one(bodies[i % len(bodies)], scheduled)))
             await asyncio.gather(*tasks)
             sent = total
@@ -296,7 +302,7 @@ async def _drive(url, bodies, mode, rate, seconds, connections, count) -> dict:
 
             await asyncio.gather(*(worker(w) for w in range(connections)))
         elapsed = loop.time() - t0
-    return {"sent": sent, "latencies": latencies, "errors": errors, "elapsed": elapsed}
+    return {"sent": sent, "latencies": latencies, "errors": errors, "elapsed": elapsed, "late": late}
 
 
 def drive(url: str, bodies: list[bytes], mode: str, rate=0.0, seconds=0.0, connections=1, count=0) -> dict:
@@ -333,6 +339,8 @@ def figures(result: dict, mode: str, rate: float, seconds: float) -> dict:
            "elapsed_s": round(result["elapsed"], 2)}  # fmt: skip
     if mode == "fixed":
         row = {"rate": rate, "seconds": seconds, **row, "achieved_req_s": round(ok / result["elapsed"], 1)}
+        late = np.asarray(result["late"]) * 1000  # the generator's own error, charged to the service
+        row["send_late_ms"] = {"p50": round(float(np.median(late)), 3), "p99": round(float(np.percentile(late, 99)), 3)}
     else:
         row = {"connections": CONNECTIONS, "seconds": seconds, **row, "req_s": round(ok / result["elapsed"], 1)}
     if ok:

@@ -201,7 +201,10 @@ def _judge(stamps: np.ndarray, ttl_ns: int, now: pd.Timestamp) -> tuple[np.ndarr
     """(fresh, fresh / stale / missing) per row: stale when older than the view's TTL at `now` (0: never stale)."""
     found = stamps != MISSING_STAMP
     fresh = found & (stamps >= now.value - ttl_ns) if ttl_ns else found
-    return fresh, np.where(~found, MISSING, np.where(fresh, FRESH, STALE)).astype(object)
+    return fresh, _STATUS_NAMES[found.astype(np.int8) + fresh]  # a table lookup: np.where on text is slower
+
+
+_STATUS_NAMES = np.array([MISSING, STALE, FRESH], dtype=object)  # by found + fresh
 
 
 def _stamps(stamps: list) -> np.ndarray:

@@ -85,7 +85,8 @@ class OnlineRetrieval(Retrieval):
 
     def _note(self, status: dict) -> None:
         for view, found in status.items():
-            worst = STALE if (found == STALE).any() else MISSING if (found == MISSING).any() else FRESH
+            # a set of the few distinct statuses: comparing the object array to each costs more per request
+            worst = max(set(found.tolist()), key=STATUS_ORDER.__getitem__, default=FRESH)
             if STATUS_ORDER[worst] >= STATUS_ORDER[self.statuses.get(view, FRESH)]:
                 self.statuses[view] = worst
 

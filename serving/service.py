@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from typing import Annotated
 
 import bentoml
@@ -245,8 +246,8 @@ class _Metrics:
         self._tag = None
 
     def record(self, tag: str, answer) -> None:
-        for _, _, reason in answer.items:
-            self.requests.labels(reason=reason).inc()
+        for reason, count in Counter(reason for _, _, reason in answer.items).items():  # a file write per inc
+            self.requests.labels(reason=reason).inc(count)
         if answer.fallback:
             self.cold.inc()
         if "stale" in answer.statuses.values():

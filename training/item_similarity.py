@@ -48,12 +48,14 @@ class ItemSimilarity:
         """For each (user, item_id) row of pairs, the sum of weights from the distinct items of that user in past
         (columns user, item_id: frames or dicts of arrays; user is any integer key); 0 where either side is
         unknown to the model."""
-        pair_users = np.asarray(pairs["user"])
+        return self.column_scores(past["user"], self.columns(past["item_id"]), pairs["user"],
+                                  self.columns(pairs["item_id"]))  # fmt: skip
+
+    def column_scores(self, past_users, history_cols: np.ndarray, pair_users, cols: np.ndarray) -> np.ndarray:
+        """scores with the items given as their columns (`columns`): callers that map ids once reuse them."""
+        pair_users, past_users = np.asarray(pair_users), np.asarray(past_users)
         if not len(pair_users):
             return np.zeros(0, np.float32)
-        cols = self._columns(pairs["item_id"])
-        past_users = np.asarray(past["user"])
-        history_cols = self._columns(past["item_id"])
         if (pair_users == pair_users[0]).all():  # one user (a serving request): the sum of their rows, no matrices
             mine = np.unique(history_cols[(history_cols >= 0) & (past_users == pair_users[0])])
             starts, sizes = self.weights.indptr[mine], np.diff(self.weights.indptr)[mine]
@@ -74,7 +76,8 @@ class ItemSimilarity:
             out[found] = np.asarray(reached[pair_rows[found], cols[found]]).ravel()
         return out
 
-    def _columns(self, item_ids) -> np.ndarray:
+    def columns(self, item_ids) -> np.ndarray:
+        """Each id's row and column of weights, -1 for an id the model does not know."""
         ids = np.asarray(item_ids, dtype=object)
         if len(ids) and not isinstance(ids[0], str):  # ids are text in the event contract; tests pass numbers
             ids = ids.astype(str)

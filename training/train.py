@@ -217,13 +217,15 @@ def item_vectors(model: TwoTower, items: ItemTable, device="auto", batch_size=81
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, model.config.dim), np.float32)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def user_vectors(model: TwoTower, users: UserInputs, device="auto", batch_size=8192) -> np.ndarray:
     device = resolve_device(device)
     model = on(model, device)
     tensors = users.tensors(device=device)
     out = [model.user_tower(*(t[s : s + batch_size] for t in tensors)).float()
            for s in range(0, len(users.numbers), batch_size)]  # fmt: skip
+    if len(out) == 1:  # a serving request's one user: no copy through cat
+        return out[0].cpu().numpy()
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, model.config.dim), np.float32)
 
 

@@ -12,11 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.build import HISTORY_LENGTH
 from tests.training.conftest import tasteful_shop
 from training import protocols
 from training.candidates import RANKER_FEATURES, candidate_features
 from training.config import RankerConfig
 from training.evaluate import RankedTwoTower
+from training.examples import RANKER_SERVICE
 from training.pipeline import LabelWindow, TwoTowerRecommender, ranker_examples, retrieval_examples
 from training.train import RankerExamples, expected_calibration_error, train_ranker
 
@@ -153,6 +155,37 @@ def test_history_intent_weighs_the_users_events_on_the_item_as_repurchase_does(f
     assert set(counts.index.get_level_values(1)) == {"purchase"} and (expected > 0).any()
     np.testing.assert_allclose(features[:, RANKER_FEATURES.index("history_intent")],
                                np.log1p(4.0 * expected.to_numpy()), rtol=1e-6)  # fmt: skip
+
+
+def test_each_candidates_own_record_similarity_and_ease_equal_a_count_over_the_users_history(fitted):
+    # candidate_features matches items by integer codes over flat arrays; here each row is recomputed from the
+    # user's history one event at a time. Half the items are left out, so some past items are outside them.
+    model, train, last, _ = fitted
+    retrieval = model.retrieval
+    users, items = last["user_id"].to_numpy()[:6], np.sort(train["item_id"].unique())[::2]
+    vectors = retrieval.items(items)
+    candidates, features = candidate_features(retrieval, users, items, vectors, retrieval.users(users) @ vectors.T, 5)
+    history = retrieval.columns(RANKER_SERVICE, "user_id", users)
+    weights = retrieval.similarity.weights.toarray()
+    column = {item: j for j, item in enumerate(retrieval.similarity.items)}
+    feature = {name: features[:, RANKER_FEATURES.index(name)].astype(np.float64) for name in RANKER_FEATURES}
+    assert (feature["in_history"] == 1).any() and (feature["in_history"] == 0).any()
+    for row, (user, item) in enumerate(zip(candidates.user, candidates.item_id, strict=True)):
+        past = [str(i) for i in history["user_history__history_items"][user]]
+        types = list(history["user_history__history_types"][user])
+        mine = [j for j, i in enumerate(past) if i == item]
+        counts = [sum(types[j] == kind for j in mine) for kind in range(3)]
+        assert feature["in_history"][row] == bool(mine)
+        np.testing.assert_allclose([feature[f"history_{name}"][row] for name in ("views", "carts", "purchases")],
+                                   np.log1p(counts), rtol=1e-6)  # fmt: skip
+        assert feature["log_history_position"][row] == pytest.approx(np.log1p(mine[0] if mine else HISTORY_LENGTH))
+        unit = retrieval.items(np.asarray(past + [item], dtype=object))
+        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+        cosines = unit[:-1] @ unit[-1]
+        assert feature["history_max_similarity"][row] == pytest.approx(cosines.max(), abs=1e-5)
+        assert feature["history_mean_similarity"][row] == pytest.approx(cosines.mean(), abs=1e-5)
+        ease = sum(weights[column[i], column[item]] for i in set(past) if i in column) if item in column else 0.0
+        assert feature["ease_score"][row] == pytest.approx(ease, abs=1e-5)
 
 
 def test_the_candidate_count_is_tuned_on_the_validation_split(monkeypatch, tmp_path):
