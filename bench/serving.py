@@ -31,6 +31,8 @@ serving/recommend.py's steps called one by one for known users.
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -158,8 +160,13 @@ def sample_users(home: Path, seed: int = 0) -> tuple[list[str], int]:
 def stage_times(home: Path, users: list[str]) -> dict:
     """Median and p99 ms of each step of serving/recommend.py's personalised path, for known users with fresh
     features (the cold path has no model steps), and of the whole recommend() call, for every sampled known user
-    (cold ones included: they answer from popularity) and for the personalised ones alone."""
-    import pandas as pd
+    (cold ones included: they answer from popularity) and for the personalised ones alone.
+
+    The steps are timed inside the real call: the functions recommend() calls are wrapped for this measurement
+    (the online user read, the user tower, the ANN search, candidate_features, the ranker); what is left of the
+    call (exact scoring and ranks, filters, top k, the answer) is `the_rest`."""
+    from unittest import mock
+
     import torch
     from tqdm import tqdm
 
@@ -167,9 +174,7 @@ def stage_times(home: Path, users: list[str]) -> dict:
     from core.settings import Settings
     from features.store import open_store
     from serving import recommend as path
-    from serving.champion import load_champion
-    from training.candidates import candidate_features
-    from training.examples import RANKER_SERVICE
+    from serving.champion import OnlineRetrieval, load_champion
 
     torch.set_num_threads(1)  # as each worker runs
     settings = Settings(home=home)
@@ -178,57 +183,45 @@ def stage_times(home: Path, users: list[str]) -> dict:
     champion = load_champion(settings, open_store(settings), now)
     load_s = time.perf_counter() - started
     ranker = champion.recommender.ranker
-    stages = {name: [] for name in ("user_features", "user_tower", "candidates", "ranker_features", "ranker",
-                                    "filters_top_k")}  # fmt: skip
+    laps: dict[str, float] = {}
+
+    def timed(name: str, function):
+        def run(*args, **kwargs):
+            tick = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                laps[name] = laps.get(name, 0.0) + time.perf_counter() - tick
+
+        return run
+
+    class TimedIndex:  # the champion's index with its search timed
+        def __init__(self, index):
+            self.index, self.search = index, timed("ann_search", index.search)
+
+    steps = {"user_features": (OnlineRetrieval, "_users"), "user_tower": (OnlineRetrieval, "users"),
+             "ranker_features": (path, "candidate_features"), "ranker": (type(ranker), "probabilities")}  # fmt: skip
+    if not champion.exact:
+        champion = dataclasses.replace(champion, index=TimedIndex(champion.index))
+    timed_steps = (*steps, "ann_search") if not champion.exact else tuple(steps)
+    stages = {name: [] for name in (*timed_steps, "the_rest")}
     whole, whole_personalised, personalised = [], [], 0
     sample = (users * (STAGE_REQUESTS // max(len(users), 1) + 1))[:STAGE_REQUESTS]
-    for n, user_id in enumerate(tqdm(sample, desc="stages", unit="req", leave=False)):
-        tick = time.perf_counter()
-        path.recommend(champion, user_id, 10, now=now)
-        whole.append(time.perf_counter() - tick)
-        laps = []
-        t = time.perf_counter()
-        retrieval = champion.at(now)
-        user = retrieval.columns(RANKER_SERVICE, "user_id", [user_id])
-        statuses = {view: retrieval.statuses.get(view, path.MISSING) for view in path.USER_VIEWS}
-        laps.append(time.perf_counter() - t)
-        if not any(s == path.FRESH for s in statuses.values()):
-            continue  # a cold user: popularity, no model steps
-        history = path._list(user["user_history__history_items"][0])
-        t = time.perf_counter()
-        vector = retrieval.users(np.asarray([user_id], dtype=object))
-        laps.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        if champion.exact:
-            items, vectors, scores = champion.item_ids, champion.vectors, vector @ champion.vectors.T
-        else:
-            _, found = champion.index.search(np.ascontiguousarray(vector, dtype=np.float32), path.CANDIDATE_POOL)
-            past = champion.position.of(list(dict.fromkeys(history)))
-            rows = pd.unique(np.concatenate([found[0][found[0] >= 0], past[past >= 0]]))
-            items, vectors = champion.item_ids[rows], champion.vectors[rows]
-            scores = vector @ vectors.T
-        laps.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        candidates, features = candidate_features(retrieval, np.asarray([user_id], dtype=object), items, vectors,
-                                                  scores, ranker.config.candidates)  # fmt: skip
-        laps.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        probabilities = ranker.probabilities(features)
-        laps.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        out = scores.astype(np.float32) - 100.0
-        out[candidates.user, candidates.item] = 10.0 + probabilities[:, 0]
-        allowed = champion.in_catalog.copy()
-        ok = allowed[champion.position.of(items)]
-        order = np.flatnonzero(ok)[np.argsort(-out[0][ok], kind="stable")[:10]]
-        own = set(history)
-        [(str(items[i]), float(out[0][i]), "repurchase" if items[i] in own else "retrieved") for i in order]
-        laps.append(time.perf_counter() - t)
-        if n >= 20:  # the first calls warm caches and allocators
+    with contextlib.ExitStack() as patches:
+        for name, (owner, attribute) in steps.items():
+            patches.enter_context(mock.patch.object(owner, attribute, timed(name, getattr(owner, attribute))))
+        for n, user_id in enumerate(tqdm(sample, desc="stages", unit="req", leave=False)):
+            laps.clear()
+            tick = time.perf_counter()
+            answer = path.recommend(champion, user_id, 10, now=now)
+            whole.append(time.perf_counter() - tick)
+            if n < 20 or answer.fallback:  # the first calls warm caches; a cold user has no model steps
+                continue
             personalised += 1
             whole_personalised.append(whole[-1])
-            for name, lap in zip(stages, laps, strict=True):
-                stages[name].append(lap)
+            for name in timed_steps:
+                stages[name].append(laps.get(name, 0.0))
+            stages["the_rest"].append(whole[-1] - sum(laps.get(name, 0.0) for name in timed_steps))
 
     def summary(values):
         ms = np.asarray(values) * 1000

@@ -132,8 +132,8 @@ def _history_similarity(retrieval, past_rows: np.ndarray, vectors: np.ndarray, p
         rows = cand_order[cand_bounds[u] : cand_bounds[u + 1]]
         if not len(rows):
             continue
-        # Each distinct past item once, weighted by its events: a 500-event history holds a few dozen items,
-        # and the candidates x events product was most of a serving request's feature time.
+        # Each distinct past item once, weighted by its events: histories repeat items (viewed, carted, bought,
+        # bought again), and the candidates x events product was the largest part of this function per request.
         distinct, events = np.unique(past_rows[past_bounds[u] : past_bounds[u + 1]], return_counts=True)
         similarity = unit[item[rows]] @ unit[distinct].T
         highest[rows], mean[rows] = similarity.max(1), similarity @ (events / events.sum())

@@ -74,6 +74,13 @@ class Postgres:
         """A fast restart: every open connection is cut, as when the database fails over or is upgraded."""
         self._run("pg_ctl", "-D", self.data, "-l", self.folder / "postgres.log", "-m", "fast", "-w", "restart")
 
+    def outage(self, seconds: float) -> None:
+        """Down for seconds, then back: every connection cut and none accepted meanwhile (a failover that takes
+        its time). Airflow's processes that exit meanwhile are started again by the restart policy afterwards."""
+        self._run("pg_ctl", "-D", self.data, "-l", self.folder / "postgres.log", "-m", "fast", "-w", "stop")
+        time.sleep(seconds)
+        self.start()
+
     def stop(self) -> None:
         subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
                        check=False, capture_output=True)  # fmt: skip
