@@ -21,7 +21,7 @@ import pandas as pd
 from core.settings import get_settings
 from serving.champion import OnlineRetrieval
 from serving.schemas import FeatureStatus, Recommendations, RecommendedItem
-from serving.service import RecommendRequest
+from serving.service import RecommendRequest, quiet_request_warnings
 
 MISSING, FRESH = "missing", "fresh"
 
@@ -119,6 +119,7 @@ class NaiveRecommender:
         settings = get_settings()
         self.now = lake_as_of(Layout(settings.home)) or pd.Timestamp.now(tz="UTC")  # a replayed shop's clock
         self.champion = naive_champion(settings, open_store(settings), self.now)
+        quiet_request_warnings()  # as the service does
 
     @bentoml.api(input_spec=RecommendRequest)
     def recommend(self, user_id: str, k: int, exclude: list[str], session_items: list[str],
