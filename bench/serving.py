@@ -57,6 +57,7 @@ SECONDS = 300  # length of the fixed-rate run (the target is 5 minutes)
 SATURATION_SECONDS = 30
 SIDE_SECONDS = 60  # length of the other services' fixed-rate runs
 SIDE_SERVICES = {"naive": "bench.naive_service:NaiveRecommender", "echo": "bench.echo_service:EchoRecommender"}
+ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # as shoprec serve sets them per worker
 SEND_SPIN_S = 0.0015  # a fixed-rate send sleeps until this long before its moment, then spins: asyncio sleeps in
 # whole milliseconds, rounded up, and a late send is charged to the service (0.77 ms at the median on echo-1w)
 CONNECTIONS = 12  # closed-loop connections of the saturation run
@@ -508,6 +509,12 @@ def main() -> None:
     args = parser.parse_args()
     if unknown := set(args.datasets) - set(DATASETS):
         parser.error(f"unknown dataset(s) {sorted(unknown)}; choose from {DATASETS}")
+    if any(os.environ.get(name) != "1" for name in ONE_THREAD):
+        # Start again with one BLAS/OpenMP thread, as `shoprec serve` runs each worker (and so the side services
+        # and the in-process stage times): with two, one request's numpy and faiss calls hand work between
+        # threads, and the stage times came out 1.6x the workers' (3.2 -> 5.1 ms a call on Online Retail).
+        os.execve(sys.executable, [sys.executable, "-m", "bench.serving", *sys.argv[1:]],
+                  {**os.environ, **dict.fromkeys(ONE_THREAD, "1")})  # fmt: skip
     preset = "tiny" if args.quick else "full"
     seconds = args.seconds or (20 if args.quick else SECONDS)
     side_seconds = args.side_seconds or min(seconds, SIDE_SECONDS)
