@@ -26,7 +26,8 @@ non-200 answer or a transport failure (timeouts included). After the runs, each 
 (VmRSS of the bentoml serve process and every descendant: the workers).
 
 The per-stage time of one request is measured in this process, before any server starts, on the same champion:
-serving/recommend.py's steps called one by one for known users.
+serving/recommend.py's steps timed inside its own calls for known users. The benchmark runs with one BLAS/OpenMP
+thread (it starts itself again with them set), as `shoprec serve` runs each worker.
 """
 
 import argparse
