@@ -18,8 +18,8 @@ Each is warmed up (readyz, then WARMUP requests not counted) and driven by a loa
 127.0.0.1 (asyncio + aiohttp): a fixed-rate run, open loop (request i is sent at t0 + i/rate whatever happened
 before, and its latency counts from that moment, so a stalled server is charged for the queue it causes: no
 coordinated omission; asyncio wakes up to a millisecond late, so each send spins its last SEND_SPIN_S to leave on
-time, and how late sends still were is reported as send_late_ms), and a saturation run, closed loop (CONNECTIONS connections, each sending its next request
-when the last one answers), whose completed requests per second are the service's capacity with the load
+time, and how late sends still were is reported as send_late_ms), and a saturation run, closed loop (CONNECTIONS
+connections, each sending its next request when the last one answers), whose completed requests per second are the service's capacity with the load
 generator on the same two cores. Requests: POST /recommend, k=10, for users sampled from those with events in the
 shop's last RECENT_DAYS days plus UNKNOWN_SHARE of ids the shop never saw (the cold-start path). An error is a
 non-200 answer or a transport failure (timeouts included). After the runs, each served process's resident memory
@@ -58,7 +58,6 @@ SECONDS = 300  # length of the fixed-rate run (the target is 5 minutes)
 SATURATION_SECONDS = 30
 SIDE_SECONDS = 60  # length of the other services' fixed-rate runs
 SIDE_SERVICES = {"naive": "bench.naive_service:NaiveRecommender", "echo": "bench.echo_service:EchoRecommender"}
-ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # as shoprec serve sets them per worker
 SEND_SPIN_S = 0.0015  # a fixed-rate send sleeps until this long before its moment, then spins: asyncio sleeps in
 # whole milliseconds, rounded up, and a late send is charged to the service (0.77 ms at the median on echo-1w)
 CONNECTIONS = 12  # closed-loop connections of the saturation run
@@ -510,12 +509,14 @@ def main() -> None:
     args = parser.parse_args()
     if unknown := set(args.datasets) - set(DATASETS):
         parser.error(f"unknown dataset(s) {sorted(unknown)}; choose from {DATASETS}")
-    if any(os.environ.get(name) != "1" for name in ONE_THREAD):
+    from core.settings import ONE_BLAS_THREAD, get_settings
+
+    if any(os.environ.get(name) != value for name, value in ONE_BLAS_THREAD.items()):
         # Start again with one BLAS/OpenMP thread, as `shoprec serve` runs each worker (and so the side services
         # and the in-process stage times): with two, one request's numpy and faiss calls hand work between
         # threads, and the stage times came out 1.6x the workers' (3.2 -> 5.1 ms a call on Online Retail).
         os.execve(sys.executable, [sys.executable, "-m", "bench.serving", *sys.argv[1:]],
-                  {**os.environ, **dict.fromkeys(ONE_THREAD, "1")})  # fmt: skip
+                  {**os.environ, **ONE_BLAS_THREAD})  # fmt: skip
     preset = "tiny" if args.quick else "full"
     seconds = args.seconds or (20 if args.quick else SECONDS)
     side_seconds = args.side_seconds or min(seconds, SIDE_SECONDS)
@@ -526,7 +527,6 @@ def main() -> None:
     import atexit
 
     atexit.register(stop_all)
-    from core.settings import get_settings
 
     data_dir = get_settings().data_dir
     report = {"command": "python -m bench.serving " + " ".join(sys.argv[1:]),

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from core.layout import Layout, read_json
-from core.settings import get_settings
+from core.settings import ONE_BLAS_THREAD, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -316,9 +316,7 @@ def serve(
     settings = get_settings()
     overrides = {"SHOPREC_SERVING_WORKERS": workers, "SHOPREC_SERVING_THREADS": threads,
                  "SHOPREC_SERVING_CLOCK": clock, "SHOPREC_API_KEY": api_key}  # fmt: skip
-    # One BLAS thread per request thread: a request's small matrix products only lose to thread hand-offs.
-    blas = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    env = {**blas, **os.environ, "SHOPREC_HOME": str(settings.home),
+    env = {**ONE_BLAS_THREAD, **os.environ, "SHOPREC_HOME": str(settings.home),
            **{name: str(value) for name, value in overrides.items() if value is not None}}  # fmt: skip
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
     command = [bentoml, "serve", "serving.service:Recommender", "--host", host,

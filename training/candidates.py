@@ -41,7 +41,6 @@ class Past:
     type: np.ndarray  # int64
     time: np.ndarray  # int64 unix seconds
     position: np.ndarray  # int64
-    code: np.ndarray | None = None  # int64: the item's code among every id candidate_features was given
 
     @classmethod
     def of(cls, history: Mapping) -> "Past":
@@ -91,10 +90,10 @@ def candidate_features(retrieval, users, items, vectors: np.ndarray, scores: np.
     # matches codes, where looking the ids up again in each step cost a serving request ~0.2 ms.
     item_ids = np.asarray(items, dtype=object)
     codes, named = pd.factorize(np.concatenate([item_ids, past.item_id]))
-    item_code, past.code = codes[:n_items], codes[n_items:]
+    item_code, past_code = codes[:n_items], codes[n_items:]
     item_of_code = np.full(len(named), -1)
     item_of_code[item_code] = np.arange(n_items)
-    own_item = item_of_code[past.code]  # each past event's item among items (-1: not there)
+    own_item = item_of_code[past_code]  # each past event's item among items (-1: not there)
     keys = np.concatenate([np.repeat(np.arange(n_users), n) * n_items + top.ravel(),
                            (past.user * n_items + own_item)[own_item >= 0]])  # fmt: skip
     keys = pd.unique(keys)  # first occurrence kept: the top items, then the past items not among them
@@ -104,9 +103,10 @@ def candidate_features(retrieval, users, items, vectors: np.ndarray, scores: np.
         np.put_along_axis(ranks, np.argsort(-scores, axis=1), np.arange(n_items)[None, :], axis=1)
     highest, mean = _history_similarity(retrieval, own_item, vectors, past, user, item)
     ease_column = retrieval.similarity.columns(named)  # per code
-    ease = retrieval.similarity.column_scores(past.user, ease_column[past.code], user, ease_column[item_code[item]])
+    ease = retrieval.similarity.column_scores(past.user, ease_column[past_code], user, ease_column[item_code[item]])
     candidates = Candidates(user, item, item_ids[item], scores[user, item], ranks[user, item], highest, mean, ease)
-    return candidates, _ranker_features(retrieval, history, past, candidates, item_code[item], named)
+    own = _own_record(past, past_code, user, item_code[item], len(named))
+    return candidates, _ranker_features(retrieval, history, candidates, own, item_code[item], named)
 
 
 def _history_similarity(retrieval, past_rows: np.ndarray, vectors: np.ndarray, past: Past, user, item):
@@ -140,13 +140,13 @@ def _history_similarity(retrieval, past_rows: np.ndarray, vectors: np.ndarray, p
     return highest, mean
 
 
-def _ranker_features(retrieval, history: Mapping, past: Past, frame: Candidates, codes: np.ndarray,
+def _ranker_features(retrieval, history: Mapping, frame: Candidates, own: tuple, codes: np.ndarray,
                      named: np.ndarray) -> np.ndarray:  # fmt: skip
-    """RANKER_FEATURES per candidate row, from the users' ranker_v1 rows (history), their past events, the items'
-    rows as of the retrieval's as_of, and the retrieval columns; ages count from its scored_at (<= as_of, the
-    snapshot's midnight). codes: each candidate's item code, as past.code counts them; named: the id of each."""
+    """RANKER_FEATURES per candidate row, from the users' ranker_v1 rows (history), their own record of each item
+    (_own_record), the items' rows as of the retrieval's as_of, and the retrieval columns; ages count from its
+    scored_at (<= as_of, the snapshot's midnight). codes: each candidate's item code; named: the id of each code."""
     as_of, now = retrieval.as_of, retrieval.scored_at
-    found, views, carts, purchases, last, first_position = _own_record(past, frame.user, codes, len(named))
+    found, views, carts, purchases, last, first_position = own
     now_s = now.value // 10**9
     ahead_s = (as_of - now).total_seconds()  # the snapshot's ages count from as_of: take back the time after now
     since = np.where(found, now_s - last, RECENCY_CAP_S)
@@ -192,15 +192,15 @@ def _ranker_features(retrieval, history: Mapping, past: Past, frame: Candidates,
     return np.stack([columns[name] for name in RANKER_FEATURES], axis=1).astype(np.float32)
 
 
-def _own_record(past: Past, users: np.ndarray, codes: np.ndarray, width: int):
-    """Per candidate (its user, its item's code as past.code counts them, below width), the user's own record of
-    the item: (in the history, views, carts, purchases, the last event's time, the newest event's position;
-    HISTORY_LENGTH where never)."""
+def _own_record(past: Past, past_codes: np.ndarray, users: np.ndarray, codes: np.ndarray, width: int):
+    """Per candidate (its user, its item's code; past_codes: each past event's item code; codes below width), the
+    user's own record of the item: (in the history, views, carts, purchases, the last event's time, the newest
+    event's position; HISTORY_LENGTH where never)."""
     rows = len(users)
     if not len(past.item_id):
         zeros = np.zeros(rows)
         return np.zeros(rows, bool), zeros, zeros, zeros, zeros, np.full(rows, float(HISTORY_LENGTH))
-    pairs, inverse = np.unique(past.user * width + past.code, return_inverse=True)
+    pairs, inverse = np.unique(past.user * width + past_codes, return_inverse=True)
     counts = [np.bincount(inverse, weights=past.type == kind, minlength=len(pairs)) for kind in (VIEW, CART, PURCHASE)]
     last = np.full(len(pairs), np.iinfo(np.int64).min)
     np.maximum.at(last, inverse, past.time)
