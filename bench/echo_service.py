@@ -13,12 +13,12 @@ import bentoml
 from core.settings import get_settings
 from serving.guard import Guard
 from serving.schemas import FeatureStatus, Recommendations, RecommendedItem
-from serving.service import RecommendRequest
+from serving.service import RecommendRequest, http_config
 
 ITEMS = [RecommendedItem(item_id=f"echo-{i}", score=1.0 - i / 100, reason="popular") for i in range(100)]
 
 
-@bentoml.service(name="shoprec_echo", workers=get_settings().serving_workers, traffic={"timeout": 10})
+@bentoml.service(name="shoprec_echo", workers=get_settings().serving_workers, **http_config(get_settings()))
 class EchoRecommender:
     @bentoml.api(input_spec=RecommendRequest)
     async def recommend(self, user_id: str, k: int, exclude: list[str], session_items: list[str],

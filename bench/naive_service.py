@@ -21,7 +21,7 @@ import pandas as pd
 from core.settings import get_settings
 from serving.champion import OnlineRetrieval
 from serving.schemas import FeatureStatus, Recommendations, RecommendedItem
-from serving.service import RecommendRequest, quiet_request_warnings
+from serving.service import RecommendRequest, http_config, quiet_request_warnings
 
 MISSING, FRESH = "missing", "fresh"
 
@@ -104,7 +104,7 @@ def _plain(value):
     name="shoprec_naive_recommender",
     workers=get_settings().serving_workers,
     threads=get_settings().serving_threads,
-    traffic={"timeout": 10},
+    **http_config(get_settings()),
 )
 class NaiveRecommender:
     """POST /recommend as serving.service.Recommender answers it, features through Feast's SDK per request."""

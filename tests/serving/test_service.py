@@ -229,3 +229,13 @@ def test_a_failing_online_store_gets_the_stated_fallback_and_the_service_recover
         assert time.monotonic() < deadline, client.get("/readyz").text
         time.sleep(0.2)
     assert client.post("/recommend", json={"user_id": "12748", "k": 5}).json()["items"] == personal["items"]
+
+
+def test_the_access_log_and_tracing_middleware_run_only_when_asked_for(tmp_path):
+    from core.settings import Settings
+    from serving.service import API_PATHS, http_config
+
+    quiet = http_config(Settings(home=tmp_path))
+    assert quiet["logging"]["access"]["enabled"] is False and quiet["tracing"]["excluded_urls"] == list(API_PATHS)
+    loud = http_config(Settings(home=tmp_path, serving_access_log=True, serving_tracing=True))
+    assert loud == {"traffic": {"timeout": 10}}  # BentoML's defaults: an access line and spans per request
