@@ -22,36 +22,51 @@ from core.settings import get_settings
 from serving.champion import OnlineRetrieval
 from serving.schemas import FeatureStatus, Recommendations, RecommendedItem
 from serving.service import RecommendRequest, http_config, quiet_request_warnings
+from training.examples import RANKER_SERVICE
 
 MISSING, FRESH = "missing", "fresh"
 
 
 @dataclass
 class NaiveRetrieval(OnlineRetrieval):
-    """OnlineRetrieval reading each row through Feast's get_online_features, the feature service fetched per call."""
+    """OnlineRetrieval with every read through Feast's get_online_features, the feature service fetched per call:
+    the user's row once per request (as the service reads it), the candidates' item rows on every call."""
 
     views: dict = field(default_factory=dict, repr=False)  # service -> key -> [(view, [(feature, kind)])]
 
-    def _read(self, service: str, key: str, ids: list) -> pd.DataFrame:
+    def columns(self, service: str, key: str, ids) -> dict[str, np.ndarray]:
+        ids = [str(i) for i in np.asarray(ids, dtype=object)]
+        if key != "user_id":
+            return self._read(service, key, ids)
+        # ranker_v1's user views hold every user feature two_tower_v1 reads, as OnlineRetrieval reads them
+        if len(ids) == 1 and ids[0] in self._joined:
+            return self._joined[ids[0]]
+        values = self._read(RANKER_SERVICE, key, ids)
+        if len(ids) == 1:
+            self._joined[ids[0]] = values
+        return values
+
+    def _read(self, service: str, key: str, ids: list[str]) -> dict[str, np.ndarray]:
+        """The columns of ids as features.online gives them (numbers float32 with NaN, vectors stacked, lists and
+        text as objects), each view's status per id."""
         wanted = self.store.get_feature_service(service)  # per call, as a naive caller does
         views = self.views[service][key]
         names = {p.name for p in wanted.feature_view_projections}
         refs = [f"{view}:{name}" for view, columns in views if view in names for name, _ in columns]
-        found = self.store.get_online_features(features=refs, entity_rows=[{key: str(i)} for i in ids],
+        found = self.store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids],
                                                full_feature_names=True).to_dict()  # fmt: skip
-        status, frame = {}, {}
+        out, status = {}, {}
         for view, columns in views:
+            if view not in names:
+                continue
             present = np.zeros(len(ids), bool)
             for name, kind in columns:
                 values = found[f"{view}__{name}"]
-                present |= np.array([v is not None for v in values])
-                frame[f"{view}__{name}"] = _column(values, kind)
+                present |= np.array([v is not None for v in values], dtype=bool)
+                out[f"{view}__{name}"] = _column(values, kind)
             status[view] = np.where(present, FRESH, MISSING).astype(object)
         self._note(status)
-        if key == "user_id":  # one row of plain values, as OnlineRetrieval gives a user
-            rows = [{name: _plain(column[j]) for name, column in frame.items()} for j in range(len(ids))]
-            return pd.DataFrame(rows, index=pd.Index(ids, name=key))
-        return pd.DataFrame(frame, index=pd.Index(ids, name=key))
+        return out
 
 
 def naive_champion(settings, store, now):
@@ -82,22 +97,21 @@ def _kind(dtype) -> str:
     return "vector" if dtype in (Array(Float32), Array(Float64)) else "object"
 
 
-def _column(values: list, kind: str):
-    """SDK values as features.online gives them: numbers float32 with NaN, vectors as rows (zeros when blank)."""
+def _column(values: list, kind: str) -> np.ndarray:
+    """SDK values as features.online gives them: numbers float32 with NaN, vectors stacked (zeros when blank),
+    text and lists as objects."""
     if kind == "number":
         return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
     if kind == "vector":
         width = next((len(v) for v in values if v is not None), 0)
-        return [np.zeros(width, np.float32) if v is None else np.asarray(v, np.float32) for v in values]
+        column = np.zeros((len(values), width), np.float32)
+        for i, v in enumerate(values):
+            if v is not None:
+                column[i] = v
+        return column
     column = np.empty(len(values), dtype=object)
     column[:] = values
     return column
-
-
-def _plain(value):
-    if isinstance(value, np.ndarray):
-        return value if value.size else None
-    return value
 
 
 @bentoml.service(

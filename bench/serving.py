@@ -18,9 +18,11 @@ Each is warmed up (readyz, then WARMUP requests not counted) and driven by a loa
 127.0.0.1 (asyncio + aiohttp): a fixed-rate run, open loop (request i is sent at t0 + i/rate whatever happened
 before, and its latency counts from that moment, so a stalled server is charged for the queue it causes: no
 coordinated omission; asyncio wakes up to a millisecond late, so each send spins its last SEND_SPIN_S to leave on
-time, and how late sends still were is reported as send_late_ms), and a saturation run, closed loop (CONNECTIONS
-connections, each sending its next request when the last one answers), whose completed requests per second are the service's capacity with the load
-generator on the same two cores. Requests: POST /recommend, k=10, for users sampled from those with events in the
+time, and how late sends still were is reported as send_late_ms; requests go round a pool of POOL keep-alive
+connections, as a front end's pool would spread them, and each worker's CPU over the run shows how they spread:
+worker_cpu_share), and a saturation run, closed loop (CONNECTIONS connections, each sending its next request when
+the last one answers), whose completed requests per second are the service's capacity with the load generator on
+the same two cores. Requests: POST /recommend, k=10, for users sampled from those with events in the
 shop's last RECENT_DAYS days plus UNKNOWN_SHARE of ids the shop never saw (the cold-start path). An error is a
 non-200 answer or a transport failure (timeouts included). After the runs, each served process's resident memory
 (VmRSS of the bentoml serve process and every descendant: the workers).
@@ -61,6 +63,7 @@ SIDE_SERVICES = {"naive": "bench.naive_service:NaiveRecommender", "echo": "bench
 SEND_SPIN_S = 0.0015  # a fixed-rate send sleeps until this long before its moment, then spins: asyncio sleeps in
 # whole milliseconds, rounded up, and a late send is charged to the service (0.77 ms at the median on echo-1w)
 CONNECTIONS = 12  # closed-loop connections of the saturation run
+POOL = 16  # keep-alive connections the fixed-rate run spreads its requests over
 WARMUP = 300  # requests per service before anything counts
 TIMEOUT_S = 10  # a request not answered in this long is an error (the service's own traffic timeout is 10 s)
 RECENT_DAYS = 30
@@ -251,12 +254,19 @@ async def _drive(url, bodies, mode, rate, seconds, connections, count) -> dict:
     import aiohttp
 
     latencies, errors, late = [], {}, []
-    connector = aiohttp.TCPConnector(limit=256 if mode == "fixed" else connections)
     headers = {"Content-Type": "application/json"}
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
+    # Fixed rate: a front end's pool of POOL keep-alive connections, request i on connection i % POOL (a new one
+    # only while that one is busy). One pooled session reuses whichever connection is idle, and at 100 req/s
+    # that is nearly always the same one: every request went to the worker that had accepted it.
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0 if mode == "fixed" else connections),
+                                      timeout=timeout) for _ in range(POOL if mode == "fixed" else 1)]  # fmt: skip
+    async with contextlib.AsyncExitStack() as stack:
+        for session in sessions:
+            await stack.enter_async_context(session)
         loop = asyncio.get_running_loop()
 
-        async def one(body: bytes, since: float) -> None:
+        async def one(body: bytes, since: float, session=sessions[0]) -> None:
             try:
                 async with session.post(url, data=body, headers=headers) as answer:
                     await answer.read()
@@ -268,6 +278,9 @@ async def _drive(url, bodies, mode, rate, seconds, connections, count) -> dict:
                 return
             latencies.append(loop.time() - since)
 
+        if mode == "fixed":  # open the pool before the clock starts, each connection with one request
+            await asyncio.gather(*(one(bodies[i % len(bodies)], loop.time(), sessions[i]) for i in range(POOL)))
+            latencies.clear()
         t0 = loop.time()
         if mode == "fixed":
             tasks, total = [], int(rate * seconds)
@@ -279,7 +292,7 @@ async def _drive(url, bodies, mode, rate, seconds, connections, count) -> dict:
                 while loop.time() < scheduled:  # asyncio's timers wake up to 1 ms late: spin the rest
                     pass
                 late.append(loop.time() - scheduled)
-                tasks.append(asyncio.create_task(one(bodies[i % len(bodies)], scheduled)))
+                tasks.append(asyncio.create_task(one(bodies[i % len(bodies)], scheduled, sessions[i % POOL])))
             await asyncio.gather(*tasks)
             sent = total
         else:
@@ -413,6 +426,20 @@ class Server:
             rows.append({"pid": process.pid, "role": role, "rss_mib": round(rss_kib / 1024, 1), "cmd": line[-120:]})
         return rows
 
+    def worker_cpu_seconds(self) -> dict[int, float]:
+        """User + system CPU seconds of each worker so far, by pid."""
+        import psutil
+
+        seconds = {}
+        for process in psutil.Process(self.process.pid).children(recursive=True):
+            try:
+                if "worker" in " ".join(process.cmdline()):
+                    times = process.cpu_times()
+                    seconds[process.pid] = times.user + times.system
+            except psutil.Error:
+                continue
+        return seconds
+
     def stop(self) -> None:
         stop(self.process)
         self.log.close()
@@ -451,7 +478,11 @@ def measure(name: str, home: Path, workers: int, kind: str, bodies: list[bytes],
         saturated = figures(drive(url, bodies[::-1], "closed", seconds=saturation_seconds, connections=CONNECTIONS),
                             "closed", 0, saturation_seconds)  # fmt: skip
         print(f"  {name}: saturated {saturated['req_s']} req/s, {_line(saturated)}; {RATE} req/s ...", flush=True)
+        before = server.worker_cpu_seconds()
         fixed = figures(drive(url, bodies, "fixed", rate=RATE, seconds=seconds), "fixed", RATE, seconds)
+        after = server.worker_cpu_seconds()
+        # how the requests spread over the workers: each one's CPU over the run, per second of it
+        fixed["worker_cpu_share"] = [round((after[pid] - before.get(pid, 0.0)) / seconds, 3) for pid in sorted(after)]
         print(f"  {name}: fixed {_line(fixed)}", flush=True)
         memory = server.memory()
         return {"service": kind, "workers": workers, "ready_seconds": round(ready_s, 1),
