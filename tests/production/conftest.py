@@ -31,6 +31,7 @@ from tests.conftest import RedisServer, free_port, wait_for_port
 SINCE = pd.Timestamp("2011-11-21", tz="UTC")  # three weekly batches, about 40k events (the serving tests' shop)
 DAGS = ("ingest_events", "materialize_features", "retrain_models")
 RESTARTED = ("api-server", "dag-processor", "scheduler", "triggerer")  # restarted by the compose file's policy
+MAX_STREAK = 12  # restarts in a row a crash-looping process gets (0.1 s doubling to 60 s: about 3 minutes)
 BIN = Path(sys.executable).parent
 
 
@@ -74,11 +75,15 @@ class Postgres:
         """A fast restart: every open connection is cut, as when the database fails over or is upgraded."""
         self._run("pg_ctl", "-D", self.data, "-l", self.folder / "postgres.log", "-m", "fast", "-w", "restart")
 
-    def outage(self, seconds: float) -> None:
+    def outage(self, seconds: float, meanwhile=lambda: None) -> None:
         """Down for seconds, then back: every connection cut and none accepted meanwhile (a failover that takes
-        its time). Airflow's processes that exit meanwhile are started again by the restart policy afterwards."""
+        its time). meanwhile() is called every half second while it is down: the restart policy, which starts
+        Airflow's processes that exit again even while the database is still away, as compose does."""
         self._run("pg_ctl", "-D", self.data, "-l", self.folder / "postgres.log", "-m", "fast", "-w", "stop")
-        time.sleep(seconds)
+        back = time.monotonic() + seconds
+        while time.monotonic() < back:
+            meanwhile()
+            time.sleep(min(0.5, max(back - time.monotonic(), 0)))
         self.start()
 
     def stop(self) -> None:
@@ -119,6 +124,9 @@ class Stack:
         self.processes: dict[str, subprocess.Popen] = {}
         self._commands: dict[str, tuple] = {}  # name -> (command, env): how to start it again
         self.restarts: list[tuple[str, int]] = []  # (name, exit code) of each restart the policy made
+        self._started: dict[str, float] = {}  # name -> when it was last started (monotonic)
+        self._exited: dict[str, float] = {}  # name -> when the policy first saw it gone, until it restarts it
+        self._streak: dict[str, int] = {}  # name -> restarts in a row without 10 s of running between them
         self.env = self._environment()
         self.settings = Settings(home=self.home, feast_env="production", redis_url=self.redis.url,
                                  feast_registry_url=self.postgres.url("feast", "psycopg"))  # fmt: skip
@@ -184,6 +192,7 @@ class Stack:
 
     def start(self, name: str, *command: str, env: dict | None = None) -> subprocess.Popen:
         self._commands[name] = (command, env)
+        self._started[name] = time.monotonic()
         log = (self.logs / f"{name}.log").open("a")
         self.processes[name] = subprocess.Popen(command, env=env or self.env, cwd=PROJECT_ROOT, stdout=log,
                                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -262,22 +271,29 @@ class Stack:
             value = condition()
             if value:
                 return value
-            self._restart_exited()
+            self.supervise()
             time.sleep(every)
         raise AssertionError(f"{what}: not within {timeout:.0f} s; logs in {self.logs}")
 
-    def _restart_exited(self) -> None:
-        """docker-compose.yaml's `restart: unless-stopped`, for Airflow's processes: the scheduler exits when
-        Postgres cuts the connection it is using (Airflow leaves recovery to the supervisor), and compose starts
-        it again. Anything else that exits fails the test, and so does a process restarted more than thrice."""
+    def supervise(self) -> None:
+        """docker-compose.yaml's `restart: unless-stopped`, for Airflow's processes, with Docker's backoff: the
+        scheduler exits when Postgres cuts the connection it is using (Airflow leaves recovery to the supervisor),
+        and compose starts it again after a delay that doubles from 0.1 s with each restart in a row (a process
+        that ran 10 s starts a new row), so while the database is away it crash-loops, ever more slowly. Anything
+        else that exits fails the test, and so does a crash loop still going after MAX_STREAK restarts (~3 min)."""
+        now = time.monotonic()
         for name, process in list(self.processes.items()):
             code = process.poll()
             if code is None:
                 continue
-            assert name in RESTARTED and sum(n == name for n, _ in self.restarts) < 3, (
-                f"{name} exited ({code}): see {self.logs / name}.log"
-            )
+            assert name in RESTARTED, f"{name} exited ({code}): see {self.logs / name}.log"
+            exited = self._exited.setdefault(name, now)
+            streak = 0 if exited - self._started[name] >= 10 else self._streak.get(name, 0)
+            if now < exited + min(0.1 * 2**streak, 60):
+                continue
+            assert streak < MAX_STREAK, f"{name} keeps exiting ({code}): see {self.logs / name}.log"
             self.restarts.append((name, code))
+            self._streak[name], _ = streak + 1, self._exited.pop(name)
             command, env = self._commands[name]
             self.start(name, *command, env=env)
 

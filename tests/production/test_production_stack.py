@@ -95,7 +95,7 @@ def retrained(stack, materialized):
 
     stack.wait(training, "retrain_models training its two-tower", timeout=600, every=1)
     time.sleep(2)
-    stack.postgres.outage(OUTAGE_S)
+    stack.postgres.outage(OUTAGE_S, meanwhile=stack.supervise)
     return stack.wait_run("retrain_models", timeout=900)
 
 
@@ -221,9 +221,10 @@ def test_a_killed_scheduler_loses_nothing_and_doubles_nothing(stack, ingested, m
 
 
 def test_a_postgres_outage_during_training_is_retried_to_success(stack, retrained):
-    """Postgres gone for a minute: the scheduler exits and is started again by the restart policy
-    (stack.restarts), as compose does; the training task, unheard of past its heartbeat timeout, is failed and
-    retried; the processes reconnect (the Execution API, Feast's registry with pool_pre_ping); the run succeeds."""
+    """Postgres gone for a minute: the scheduler exits and is started again by the restart policy (stack.restarts),
+    crash-looping with backoff until the database is back, as compose does; the training task, unheard of past
+    its heartbeat timeout, is failed and retried; the processes reconnect (the Execution API, Feast's registry with
+    pool_pre_ping); the run succeeds."""
     assert retrained["state"] == "success", stack.restarts
     tis = stack.task_instances("retrain_models", retrained["dag_run_id"])
     tries = [(t["task_id"], t["try_number"], t["state"]) for t in tis]
