@@ -22,7 +22,8 @@ time, and how late sends still were is reported as send_late_ms; requests go rou
 connections, as a front end's pool would spread them, and each worker's CPU over the run shows how they spread:
 worker_cpu_share), and a saturation run, closed loop (CONNECTIONS connections, each sending its next request when
 the last one answers), whose completed requests per second are the service's capacity with the load generator on
-the same two cores. Requests: POST /recommend, k=10, for users sampled from those with events in the
+the same two cores. Each run opens its connections one at a time (OPEN_GAP_S apart) before its clock starts: the
+workers share one listening socket, and a burst of connections is accepted by whichever worker is awake. Requests: POST /recommend, k=10, for users sampled from those with events in the
 shop's last RECENT_DAYS days plus UNKNOWN_SHARE of ids the shop never saw (the cold-start path). An error is a
 non-200 answer or a transport failure (timeouts included). After the runs, each served process's resident memory
 (VmRSS of the bentoml serve process and every descendant: the workers).
@@ -64,6 +65,7 @@ SEND_SPIN_S = 0.0015  # a fixed-rate send sleeps until this long before its mome
 # whole milliseconds, rounded up, and a late send is charged to the service (0.77 ms at the median on echo-1w)
 CONNECTIONS = 12  # closed-loop connections of the saturation run
 POOL = 16  # keep-alive connections the fixed-rate run spreads its requests over
+OPEN_GAP_S = 0.05  # between opening one connection of a run and the next
 WARMUP = 300  # requests per service before anything counts
 TIMEOUT_S = 10  # a request not answered in this long is an error (the service's own traffic timeout is 10 s)
 RECENT_DAYS = 30
@@ -256,11 +258,12 @@ async def _drive(url, bodies, mode, rate, seconds, connections, count) -> dict:
     latencies, errors, late = [], {}, []
     headers = {"Content-Type": "application/json"}
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
-    # Fixed rate: a front end's pool of POOL keep-alive connections, request i on connection i % POOL (a new one
-    # only while that one is busy). One pooled session reuses whichever connection is idle, and at 100 req/s
-    # that is nearly always the same one: every request went to the worker that had accepted it.
-    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0 if mode == "fixed" else connections),
-                                      timeout=timeout) for _ in range(POOL if mode == "fixed" else 1)]  # fmt: skip
+    # A session per keep-alive connection. Fixed rate: a front end's pool of POOL, request i on connection i % POOL
+    # (a second one only while that one is busy); one pooled session reused whichever connection was idle, at
+    # 100 req/s nearly always the same one, so every request went to the worker that had accepted it. Closed
+    # loop: one per sender.
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0 if mode == "fixed" else 1),
+                                      timeout=timeout) for _ in range(POOL if mode == "fixed" else connections)]  # fmt: skip
     async with contextlib.AsyncExitStack() as stack:
         for session in sessions:
             await stack.enter_async_context(session)
@@ -278,8 +281,13 @@ async def _drive(url, bodies, mode, rate, seconds, connections, count) -> dict:
                 return
             latencies.append(loop.time() - since)
 
-        if mode == "fixed":  # open the pool before the clock starts, each connection with one request
-            await asyncio.gather(*(one(bodies[i % len(bodies)], loop.time(), sessions[i]) for i in range(POOL)))
+        if mode != "warmup":
+            # Open the connections before the clock starts, one at a time, as clients arrive: the workers share
+            # one listening socket and the first awake accepts everything pending, so a burst of connections
+            # landed on one worker (Taobao, 2 workers: 12 saturation connections served at 1 worker's 153 req/s).
+            for i, session in enumerate(sessions):
+                await one(bodies[i % len(bodies)], loop.time(), session)
+                await asyncio.sleep(OPEN_GAP_S)
             latencies.clear()
         t0 = loop.time()
         if mode == "fixed":
@@ -304,7 +312,7 @@ async def _drive(url, bodies, mode, rate, seconds, connections, count) -> dict:
                 i = w
                 while (loop.time() < deadline) if mode == "closed" else (i < count):
                     sent += 1
-                    await one(bodies[i % len(bodies)], loop.time())
+                    await one(bodies[i % len(bodies)], loop.time(), sessions[w])
                     i += connections
 
             await asyncio.gather(*(worker(w) for w in range(connections)))
@@ -440,6 +448,11 @@ class Server:
                 continue
         return seconds
 
+    def cpu_share(self, before: dict[int, float], seconds: float) -> list[float]:
+        """How a run's requests spread over the workers: each one's CPU seconds since before, per second."""
+        after = self.worker_cpu_seconds()
+        return [round((after[pid] - before.get(pid, 0.0)) / seconds, 3) for pid in sorted(after)]
+
     def stop(self) -> None:
         stop(self.process)
         self.log.close()
@@ -475,14 +488,14 @@ def measure(name: str, home: Path, workers: int, kind: str, bodies: list[bytes],
         load_before = os.getloadavg()[0]  # other work on the two cores shows here (the runs do not stop it)
         # Saturation first: closed loop leaves no backlog, while an overloaded fixed-rate run leaves the server
         # working off requests its client gave up on, which would be charged to whatever ran next.
+        before = server.worker_cpu_seconds()
         saturated = figures(drive(url, bodies[::-1], "closed", seconds=saturation_seconds, connections=CONNECTIONS),
                             "closed", 0, saturation_seconds)  # fmt: skip
+        saturated["worker_cpu_share"] = server.cpu_share(before, saturation_seconds)
         print(f"  {name}: saturated {saturated['req_s']} req/s, {_line(saturated)}; {RATE} req/s ...", flush=True)
         before = server.worker_cpu_seconds()
         fixed = figures(drive(url, bodies, "fixed", rate=RATE, seconds=seconds), "fixed", RATE, seconds)
-        after = server.worker_cpu_seconds()
-        # how the requests spread over the workers: each one's CPU over the run, per second of it
-        fixed["worker_cpu_share"] = [round((after[pid] - before.get(pid, 0.0)) / seconds, 3) for pid in sorted(after)]
+        fixed["worker_cpu_share"] = server.cpu_share(before, seconds)
         print(f"  {name}: fixed {_line(fixed)}", flush=True)
         memory = server.memory()
         return {"service": kind, "workers": workers, "ready_seconds": round(ready_s, 1),
@@ -588,8 +601,10 @@ def main() -> None:
             print(f"[{dataset}] stages (ms p50): {({k: v and v['p50_ms'] for k, v in stages['stages'].items()})}",
                   flush=True)  # fmt: skip
             bodies = [json.dumps({"user_id": u, "k": 10}).encode() for u in users]
-            row = {"preset": preset, "shop": built, "request_users": len(users), "unknown_users": unknown,
-                   "in_process": stages, "runs": {}}  # fmt: skip
+            # each row dated: save() keeps the rows of datasets a later run did not measure again
+            row = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "preset": preset,
+                   "shop": built, "request_users": len(users), "unknown_users": unknown, "in_process": stages,
+                   "runs": {}}  # fmt: skip
             key = f"{dataset}/{preset}"
             plan = [("echo-2w", 2, "echo", side_seconds), ("shoprec-1w", 1, "shoprec", side_seconds),
                     ("shoprec-2w", 2, "shoprec", seconds),
