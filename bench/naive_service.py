@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from core.settings import get_settings
+from features.online import _columns, _kind
 from serving.champion import OnlineRetrieval
 from serving.schemas import FeatureStatus, Recommendations, RecommendedItem
 from serving.service import RecommendRequest, http_config, quiet_request_warnings
@@ -59,11 +60,10 @@ class NaiveRetrieval(OnlineRetrieval):
         for view, columns in views:
             if view not in names:
                 continue
-            present = np.zeros(len(ids), bool)
-            for name, kind in columns:
-                values = found[f"{view}__{name}"]
-                present |= np.array([v is not None for v in values], dtype=bool)
-                out[f"{view}__{name}"] = _column(values, kind)
+            names_of, kinds = [name for name, _ in columns], [kind for _, kind in columns]
+            rows = list(zip(*(found[f"{view}__{name}"] for name in names_of), strict=True))
+            out.update(_columns(view, names_of, kinds, rows))  # as features.online builds them
+            present = np.array([any(v is not None for v in row) for row in rows], dtype=bool)
             status[view] = np.where(present, FRESH, MISSING).astype(object)
         self._note(status)
         return out
@@ -87,31 +87,6 @@ def naive_champion(settings, store, now):
     naive = NaiveRetrieval(**{f.name: getattr(template, f.name) for f in fields(template) if f.init}, views=views)
     champion.recommender.retrieval = naive
     return replace(champion, retrieval=naive)
-
-
-def _kind(dtype) -> str:
-    from feast.types import Array, Bool, Float32, Float64, Int32, Int64
-
-    if dtype in (Int32, Int64, Float32, Float64, Bool):
-        return "number"
-    return "vector" if dtype in (Array(Float32), Array(Float64)) else "object"
-
-
-def _column(values: list, kind: str) -> np.ndarray:
-    """SDK values as features.online gives them: numbers float32 with NaN, vectors stacked (zeros when blank),
-    text and lists as objects."""
-    if kind == "number":
-        return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
-    if kind == "vector":
-        width = next((len(v) for v in values if v is not None), 0)
-        column = np.zeros((len(values), width), np.float32)
-        for i, v in enumerate(values):
-            if v is not None:
-                column[i] = v
-        return column
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
 
 
 @bentoml.service(

@@ -23,10 +23,11 @@ connections, as a front end's pool would spread them, and each worker's CPU over
 worker_cpu_share), and a saturation run, closed loop (CONNECTIONS connections, each sending its next request when
 the last one answers), whose completed requests per second are the service's capacity with the load generator on
 the same two cores. Each run opens its connections one at a time (OPEN_GAP_S apart) before its clock starts: the
-workers share one listening socket, and a burst of connections is accepted by whichever worker is awake. Requests: POST /recommend, k=10, for users sampled from those with events in the
-shop's last RECENT_DAYS days plus UNKNOWN_SHARE of ids the shop never saw (the cold-start path). An error is a
-non-200 answer or a transport failure (timeouts included). After the runs, each served process's resident memory
-(VmRSS of the bentoml serve process and every descendant: the workers).
+workers share one listening socket, and a burst of connections is accepted by whichever worker is awake.
+Requests: POST /recommend, k=10, for users sampled from those with events in the shop's last RECENT_DAYS days plus
+UNKNOWN_SHARE of ids the shop never saw (the cold-start path). An error is a non-200 answer or a transport failure
+(timeouts included). After the runs, each served process's resident memory (VmRSS of the bentoml serve process and
+every descendant: the workers).
 
 The per-stage time of one request is measured in this process, before any server starts, on the same champion:
 serving/recommend.py's steps timed inside its own calls for known users. The benchmark runs with one BLAS/OpenMP
