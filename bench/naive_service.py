@@ -84,7 +84,9 @@ def naive_champion(settings, store, now):
             columns = [(f.name, _kind(f.dtype)) for f in projection.features]
             views[service][view.entity_columns[0].name].append((projection.name, columns))
     template = champion.retrieval
-    naive = NaiveRetrieval(**{f.name: getattr(template, f.name) for f in fields(template) if f.init}, views=views)
+    kept = {f.name: getattr(template, f.name) for f in fields(template) if f.init}
+    kept["remembered_users"] = 0  # the user tower on every request, as a naive service runs it
+    naive = NaiveRetrieval(**kept, views=views)
     champion.recommender.retrieval = naive
     return replace(champion, retrieval=naive)
 

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         "BentoML's configuration). Off, those paths skip it: BentoML's default sample rate records nothing, yet "
         "each request built its spans (~0.3 ms).",
     )
+    serving_remembered_users: int = Field(
+        50_000,
+        ge=0,
+        description="User vectors each worker keeps for returning users while their features and the champion stay "
+        "the same (~0.6 KB each; 0 runs the user tower on every request).",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="When set, every endpoint of the recommendation service but /livez, /readyz and /metrics "

@@ -24,6 +24,7 @@ from serving.index import build_index
 from training import artefact
 from training import publish as model_store
 from training.examples import RANKER_SERVICE, TWO_TOWER_SERVICE
+from training.models import remember_buckets
 from training.pipeline import Retrieval, TwoTowerRecommender
 
 SERVICES = (TWO_TOWER_SERVICE, RANKER_SERVICE)
@@ -41,14 +42,36 @@ class OnlineRetrieval(Retrieval):
     catalog: ItemRows | None = field(default=None, repr=False)  # ranker_v1 rows of every item the champion indexes
     catalog_position: Positions | None = field(default=None, repr=False)  # item id -> row of catalog
     statuses: dict = field(default_factory=dict, init=False, repr=False)  # view -> worst status read
+    remembered_users: int = 0  # user vectors kept per champion (0: none)
+    _vectors: dict = field(default_factory=dict, init=False, repr=False)  # (user, their views' statuses) -> vector
+    _user_status: dict = field(default_factory=dict, init=False, repr=False)  # user -> their views' statuses
 
     def at(self, now: pd.Timestamp) -> "OnlineRetrieval":
         """A copy for one request at the UTC moment now, reading the snapshot of now's midnight, with nothing
         read yet (dataclasses.replace costs more than the rest of the clock handling: a request makes one)."""
         request = copy.copy(self)
         request.as_of = pd.Timestamp(now.value - now.value % DAY_NS, tz="UTC")  # now.floor("D"), cheaper
-        request.now, request._joined, request.statuses = now, {}, {}
-        return request
+        request.now, request._joined, request.statuses, request._user_status = now, {}, {}, {}
+        return request  # _vectors stays shared: every request of this champion adds to the same memo
+
+    def users(self, user_ids) -> np.ndarray:
+        """Training's user tower, remembered for a user while their stored row and its freshness stay the same:
+        the vector is a function of the model and of that row, which changes only when features are
+        materialised, and a materialisation loads a new champion (with an empty memo). A returning user (the
+        same shopper on the next page) skips the tower: ~0.5 ms of a ~3.5 ms request on the 2-core machine."""
+        ids = np.asarray(user_ids, dtype=object)
+        if len(ids) != 1 or not self.remembered_users:
+            return super().users(ids)
+        self._users(ids)  # reads the row (once per request) and its statuses
+        key = (ids[0], self._user_status.get(ids[0]))
+        vector = self._vectors.get(key)
+        if vector is None:
+            vector = super().users(ids)
+            vector.flags.writeable = False  # shared by every request that finds it
+            if len(self._vectors) >= self.remembered_users:
+                self._vectors.clear()  # a new day's shoppers: start afresh rather than track recency per hit
+            self._vectors[key] = vector
+        return vector
 
     def columns(self, service: str, key: str, ids) -> dict[str, np.ndarray]:
         ids = np.asarray(ids, dtype=object)
@@ -79,7 +102,7 @@ class OnlineRetrieval(Retrieval):
             if values is None:
                 values, status = self.readers[RANKER_SERVICE].read_user(user_id, self.scored_at)
                 self._note({view: np.array([found], dtype=object) for view, found in status.items()})
-                self._joined[user_id] = values
+                self._joined[user_id], self._user_status[user_id] = values, tuple(sorted(status.items()))
             rows.append(values)
         return rows[0] if len(rows) == 1 else {name: np.concatenate([row[name] for row in rows]) for name in rows[0]}
 
@@ -132,13 +155,15 @@ def load_champion(settings: Settings, store, now: pd.Timestamp, readers: dict | 
     trained = recommender.retrieval
     now = as_utc(now)
     template = OnlineRetrieval(trained.model, store, now.floor("D"), trained.trained_ids, trained.report,
-                               trained.similarity, now, readers=readers)  # fmt: skip
+                               trained.similarity, now, readers=readers,
+                               remembered_users=settings.serving_remembered_users)  # fmt: skip
     recommender.retrieval = template
     catalog = _catalog_ids(layout, directory)
     item_ids = pd.Index(catalog).union(pd.Index(trained.trained_ids), sort=False).to_numpy(object)
     # Every item's vector from its online catalog row, as offline scoring embeds them from the offline one.
     vectors = np.ascontiguousarray(template.items(item_ids), dtype=np.float32)
     index = build_index(vectors)
+    remember_buckets(item_ids, trained.model.config.id_buckets)  # the ids a user tower's history hashes
     position = Positions(item_ids)
     # The ranker's item rows of the whole catalog, read now: no request pays a cold read.
     template.catalog, template.catalog_position = readers[RANKER_SERVICE].item_rows(list(item_ids)), position

@@ -120,24 +120,32 @@ def _history_similarity(retrieval, past_rows: np.ndarray, vectors: np.ndarray, p
         vectors = np.concatenate([vectors, retrieval.items(missing)])
     unit = vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9)
     highest, mean = np.zeros(len(user)), np.zeros(len(user))
-    if not len(past.user):
-        return highest, mean
-    # Rows of each user, in both lists: candidates come grouped by user (top rows first, then past ones).
-    cand_order = np.argsort(user, kind="stable")
-    cand_bounds = np.searchsorted(user[cand_order], np.arange(user.max() + 2))
-    past_bounds = np.searchsorted(past.user, np.arange(user.max() + 2))  # past is grouped by user already
-    for u in np.unique(past.user):
-        if u > user.max():
-            break
-        rows = cand_order[cand_bounds[u] : cand_bounds[u + 1]]
-        if not len(rows):
-            continue
+    for rows, theirs in _by_user(user, past.user, past_rows):
         # Each distinct past item once, weighted by its events: histories repeat items (viewed, carted, bought,
         # bought again), and the candidates x events product was the largest part of this function per request.
-        distinct, events = np.unique(past_rows[past_bounds[u] : past_bounds[u + 1]], return_counts=True)
+        distinct, events = np.unique(theirs, return_counts=True)
         similarity = unit[item[rows]] @ unit[distinct].T
         highest[rows], mean[rows] = similarity.max(1), similarity @ (events / events.sum())
     return highest, mean
+
+
+def _by_user(user: np.ndarray, past_user: np.ndarray, past_rows: np.ndarray):
+    """(each user's candidate rows, the past_rows of their events), for users with both."""
+    if not len(past_user) or not len(user):
+        return
+    if not user.any() and not past_user.any():  # one user (a serving request): no grouping to do
+        yield slice(None), past_rows
+        return
+    # Rows of each user, in both lists: candidates come grouped by user (top rows first, then past ones).
+    cand_order = np.argsort(user, kind="stable")
+    cand_bounds = np.searchsorted(user[cand_order], np.arange(user.max() + 2))
+    past_bounds = np.searchsorted(past_user, np.arange(user.max() + 2))  # past is grouped by user already
+    for u in np.unique(past_user):
+        if u > user.max():
+            break
+        rows = cand_order[cand_bounds[u] : cand_bounds[u + 1]]
+        if len(rows):
+            yield rows, past_rows[past_bounds[u] : past_bounds[u + 1]]
 
 
 def _ranker_features(retrieval, history: Mapping, frame: Candidates, own: tuple, codes: np.ndarray,
@@ -150,7 +158,7 @@ def _ranker_features(retrieval, history: Mapping, frame: Candidates, own: tuple,
     now_s = now.value // 10**9
     ahead_s = (as_of - now).total_seconds()  # the snapshot's ages count from as_of: take back the time after now
     since = np.where(found, now_s - last, RECENCY_CAP_S)
-    item_rows, distinct = pd.factorize(codes)
+    distinct, item_rows = np.unique(codes, return_inverse=True)  # any order of the distinct ids will do
     item_features = retrieval.columns(RANKER_SERVICE, "item_id", named[distinct])  # a row per distinct id, in order
     user_rows = frame.user
 
@@ -189,7 +197,10 @@ def _ranker_features(retrieval, history: Mapping, frame: Candidates, own: tuple,
         "history_intent": np.log1p(EVENT_WEIGHTS["view"] * views + EVENT_WEIGHTS["add_to_cart"] * carts
                                    + EVENT_WEIGHTS["purchase"] * purchases),
     }  # fmt: skip
-    return np.stack([columns[name] for name in RANKER_FEATURES], axis=1).astype(np.float32)
+    features = np.empty((len(RANKER_FEATURES), len(codes)), np.float32)  # filled a feature at a time, then seen
+    for row, name in zip(features, RANKER_FEATURES, strict=True):  # as [candidates, features]: no float64 stack
+        row[:] = columns[name]
+    return np.ascontiguousarray(features.T)
 
 
 def _own_record(past: Past, past_codes: np.ndarray, users: np.ndarray, codes: np.ndarray, width: int):

@@ -58,7 +58,8 @@ class ItemSimilarity:
             return np.zeros(0, np.float32)
         if (pair_users == pair_users[0]).all():  # one user (a serving request): the sum of their rows, no matrices
             mine = np.unique(history_cols[(history_cols >= 0) & (past_users == pair_users[0])])
-            starts, sizes = self.weights.indptr[mine], np.diff(self.weights.indptr)[mine]
+            starts = self.weights.indptr[mine]
+            sizes = self.weights.indptr[mine + 1] - starts  # not np.diff of every row's bounds
             at = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())  # their rows' entries
             reached = np.bincount(self.weights.indices[at], self.weights.data[at], minlength=len(self.items))
             return np.where(cols >= 0, reached[cols], 0.0).astype(np.float32)

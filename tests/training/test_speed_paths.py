@@ -161,3 +161,16 @@ def test_a_few_ids_hashed_through_the_memo_get_the_buckets_pandas_gives():
         assert (hash_buckets(many, buckets) == _hashed(many, buckets)).all()  # the big call hashes directly
         first, again = hash_buckets(few, buckets), hash_buckets(few, buckets)  # hashed, then remembered
         assert (first == _hashed(few, buckets)).all() and (again == first).all()
+
+
+def test_ids_remembered_ahead_are_not_hashed_again_and_get_the_same_buckets(monkeypatch):
+    from training import models
+
+    catalog = np.array([f"sku-{i}" for i in range(2000)] + [7, 7.5], dtype=object)
+    expected = models._hashed(catalog, 4096)
+    models.remember_buckets(catalog, 4096)
+    hashed = []
+    monkeypatch.setattr(models, "_hashed", lambda values, buckets: hashed.append(len(values)) or expected[:0])
+    history = catalog[[5, 1999, 5, 2000, 2001, 17]]
+    assert (models.hash_buckets(history, 4096) == expected[[5, 1999, 5, 2000, 2001, 17]]).all()
+    assert hashed == []  # every id was remembered at load: no request hashes
