@@ -30,6 +30,13 @@ class Positions:
             self._index = pd.Index(self.ids)
         return self._index
 
+    def for_requests(self) -> "Positions":
+        """The dict built now, whatever else asked for the index: a server looks up a few ids per request for its
+        life (Taobao's 55k-item champion: a user's history through get_indexer ~0.35 ms, through the dict ~0.02)."""
+        if self._dict is None:
+            self._dict = dict(zip(self.ids.tolist(), range(len(self.ids))))
+        return self
+
     def of(self, wanted) -> np.ndarray:
         """int64 positions of wanted (any iterable of ids), in its order."""
         wanted = wanted if isinstance(wanted, np.ndarray) else np.asarray(list(wanted), dtype=object)

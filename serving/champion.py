@@ -164,7 +164,7 @@ def load_champion(settings: Settings, store, now: pd.Timestamp, readers: dict | 
     vectors = np.ascontiguousarray(template.items(item_ids), dtype=np.float32)
     index = build_index(vectors)
     remember_buckets(item_ids, trained.model.config.id_buckets)  # the ids a user tower's history hashes
-    position = Positions(item_ids)
+    position = Positions(item_ids).for_requests()
     # The ranker's item rows of the whole catalog, read now: no request pays a cold read.
     template.catalog, template.catalog_position = readers[RANKER_SERVICE].item_rows(list(item_ids)), position
     popularity, popular_fresh = _popularity(template.catalog, now)

@@ -18,3 +18,12 @@ def test_few_and_many_lookups_agree_with_pandas():
     assert positions.of([]).shape == (0,)
     assert list(positions_of(["a", "b"], ["b", "c", "a", "b"])) == [1, -1, 0, 1]
     assert list(positions.of(iter(["item-3", "x"]))) == [positions.index.get_loc("item-3"), -1]
+
+
+def test_a_server_s_positions_look_a_few_ids_up_in_the_dict_even_over_a_large_index(monkeypatch):
+    ids = np.array([f"item-{i}" for i in range(20_000)], dtype=object)
+    positions = Positions(ids)
+    assert positions.index.isin(["item-5"]).sum() == 1  # a load step asked for the index: no dict yet
+    positions.for_requests()
+    monkeypatch.setattr(pd.Index, "get_indexer", lambda *_: (_ for _ in ()).throw(AssertionError("pandas")))
+    assert positions.of(["item-19999", "nope", "item-0"]).tolist() == [19999, -1, 0]
