@@ -6,6 +6,7 @@ index; taobao the ../shared/data excerpt replayed daily, 55k items, HNSW) and ca
 <preset>/, since a full-preset retrain takes 5-20 minutes here. Then, one after the other on the same shop:
 
   shoprec-1w, shoprec-2w   `shoprec serve --workers N --clock shop` (serving.service:Recommender)
+  shoprec-2w-no-memo       the same with SHOPREC_SERVING_REMEMBERED_USERS=0: the user tower on every request
   naive-<N>w               `bentoml serve bench.naive_service:NaiveRecommender`: the same champion and models,
                            features through Feast's get_online_features per request
   echo-2w                  `bentoml serve bench.echo_service:EchoRecommender`: the same HTTP contract answering
@@ -381,11 +382,11 @@ LIVE: list[subprocess.Popen] = []  # every server this process started, stopped 
 class Server:
     """One `bentoml serve` on a free loopback port, in its own process group."""
 
-    def __init__(self, name: str, home: Path, workers: int, kind: str, log_dir: Path):
+    def __init__(self, name: str, home: Path, workers: int, kind: str, log_dir: Path, settings: dict | None = None):
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "SHOPREC_HOME": str(home), "SHOPREC_SERVING_CLOCK": "shop",
-               "SHOPREC_SERVING_WORKERS": str(workers)}  # fmt: skip
+               "SHOPREC_SERVING_WORKERS": str(workers), **(settings or {})}  # fmt: skip
         env.pop("SHOPREC_API_KEY", None)
         python = sys.executable
         if kind in SIDE_SERVICES:
@@ -479,8 +480,8 @@ def stop_all(*_):
 
 
 def measure(name: str, home: Path, workers: int, kind: str, bodies: list[bytes], seconds: float,
-            saturation_seconds: float, warmup: int) -> dict:  # fmt: skip
-    server = Server(name, home, workers, kind, CACHE / "logs")
+            saturation_seconds: float, warmup: int, settings: dict | None = None) -> dict:  # fmt: skip
+    server = Server(name, home, workers, kind, CACHE / "logs", settings)
     try:
         ready_s = server.wait_ready()
         url = f"{server.url}/recommend"
@@ -499,7 +500,7 @@ def measure(name: str, home: Path, workers: int, kind: str, bodies: list[bytes],
         fixed["worker_cpu_share"] = server.cpu_share(before, seconds)
         print(f"  {name}: fixed {_line(fixed)}", flush=True)
         memory = server.memory()
-        return {"service": kind, "workers": workers, "ready_seconds": round(ready_s, 1),
+        return {"service": kind, "workers": workers, "settings": settings or {}, "ready_seconds": round(ready_s, 1),
                 "warmup_requests": warmup, "load_average_1m_before": round(load_before, 2),
                 "saturation": saturated, "fixed_rate": fixed, "memory": memory}  # fmt: skip
     finally:
@@ -607,12 +608,15 @@ def main() -> None:
                    "shop": built, "request_users": len(users), "unknown_users": unknown, "in_process": stages,
                    "runs": {}}  # fmt: skip
             key = f"{dataset}/{preset}"
-            plan = [("echo-2w", 2, "echo", side_seconds), ("shoprec-1w", 1, "shoprec", side_seconds),
-                    ("shoprec-2w", 2, "shoprec", seconds),
-                    (f"naive-{args.naive_workers}w", args.naive_workers, "naive", side_seconds)]  # fmt: skip
-            for name, workers, kind, run_seconds in plan:
+            # By the fixed-rate run every request user has been seen (warm-up and saturation): their vectors
+            # come from the worker's memo. shoprec-2w-no-memo runs the user tower on every request instead.
+            plan = [("echo-2w", 2, "echo", side_seconds, None), ("shoprec-1w", 1, "shoprec", side_seconds, None),
+                    ("shoprec-2w", 2, "shoprec", seconds, None),
+                    ("shoprec-2w-no-memo", 2, "shoprec", side_seconds, {"SHOPREC_SERVING_REMEMBERED_USERS": "0"}),
+                    (f"naive-{args.naive_workers}w", args.naive_workers, "naive", side_seconds, None)]  # fmt: skip
+            for name, workers, kind, run_seconds, settings in plan:
                 row["runs"][name] = measure(name, home, workers, kind, bodies, run_seconds, saturation_seconds,
-                                            warmup)  # fmt: skip
+                                            warmup, settings)  # fmt: skip
                 row["verdicts"] = verdicts(row["runs"])
                 report["datasets"][key] = row
                 save(report)
