@@ -82,7 +82,7 @@ class OnlineFeatures:
             view = store.get_feature_view(projection.name)
             fields = projection.features
             self._views[view.entity_columns[0].name].append(
-                (view, [f.name for f in fields], [_kind(f.dtype) for f in fields])
+                (view, [f.name for f in fields], [_kind(f.dtype) for f in fields], _ttl_ns(view))
             )
         self._cache: dict[str, dict[str, tuple]] = {}  # view -> item_id -> (event_timestamp, values)
         self._cache_version = None
@@ -97,9 +97,9 @@ class OnlineFeatures:
     def read_user(self, user_id: str, now: pd.Timestamp) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """One user's features (arrays of one row) and each user view's status at now."""
         user, user_status = {}, {}
-        for view, names, kinds in self._views["user_id"]:
+        for view, names, kinds, ttl in self._views["user_id"]:
             ((stamp, values),) = self._read_rows(view, names, "user_id", [user_id])
-            status = _judge(_stamps([stamp]), _ttl_ns(view), now)[1][0]
+            status = _judge_one(stamp, ttl, now)
             user_status[view.name] = status
             user.update(_columns(view.name, names, kinds, [values if status == FRESH else None]))
         return user, user_status
@@ -115,14 +115,14 @@ class OnlineFeatures:
         request path)."""
         self._check_version()
         views = []
-        for view, names, kinds in self._views["item_id"]:
+        for view, names, kinds, ttl in self._views["item_id"]:
             cached = self._cache.setdefault(view.name, {})
             unknown = list(dict.fromkeys(i for i in item_ids if i not in cached))
             if unknown:
                 cached.update(zip(unknown, self._read_rows(view, names, "item_id", unknown), strict=True))
             rows = [cached[i] for i in item_ids]
             columns = _columns(view.name, names, kinds, [values for _, values in rows])
-            views.append((view.name, _ttl_ns(view), _stamps([stamp for stamp, _ in rows]), columns))
+            views.append((view.name, ttl, _stamps([stamp for stamp, _ in rows]), columns))
         return ItemRows(views)
 
     @property
@@ -205,6 +205,13 @@ def _judge(stamps: np.ndarray, ttl_ns: int, now: pd.Timestamp) -> tuple[np.ndarr
 
 
 _STATUS_NAMES = np.array([MISSING, STALE, FRESH], dtype=object)  # by found + fresh
+
+
+def _judge_one(stamp: int | None, ttl_ns: int, now: pd.Timestamp) -> str:
+    """_judge's rule for one row (a request's user), without building arrays for it."""
+    if stamp is None:
+        return MISSING
+    return FRESH if not ttl_ns or stamp >= now.value - ttl_ns else STALE
 
 
 def _stamps(stamps: list) -> np.ndarray:

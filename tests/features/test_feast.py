@@ -165,3 +165,17 @@ def test_a_hung_redis_fails_a_read_in_one_timeout(settings, layout, shop):
         assert reader.read_user(user, END)[1]["user_activity"] == "fresh"
     finally:
         server.stop()
+
+
+def test_one_row_is_judged_by_the_same_rule_as_a_column():
+    import numpy as np
+
+    from features.online import _judge, _judge_one, _stamps
+
+    now = pd.Timestamp("2011-12-09", tz="UTC")
+    day = pd.Timedelta("1D").value
+    stamps = [None, now.value, now.value - day, now.value - day - 1, now.value + day]
+    for ttl in (0, day):
+        column = _judge(_stamps(stamps), ttl, now)[1]
+        assert [_judge_one(stamp, ttl, now) for stamp in stamps] == list(column), ttl
+    assert list(np.unique(_judge(_stamps(stamps), day, now)[1])) == ["fresh", "missing", "stale"]
