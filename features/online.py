@@ -156,22 +156,38 @@ class OnlineFeatures:
 
 class ItemRows:
     """Some items' stored rows per item view (event time and values), judged at a moment by `at`: the same
-    fresh / stale / missing rule as a user's row, applied to a whole column at once."""
+    fresh / stale / missing rule as a user's row, applied to a whole column at once.
+
+    All rows are judged together and kept for as long as no row's status would change (until the first fresh row
+    passes its TTL, from just after the last stale row passed its): a request then only picks its rows out."""
 
     def __init__(self, views: list[tuple[str, int, np.ndarray, dict[str, np.ndarray]]]):
         self.views = views  # [(view, ttl ns (0: never stale), event time ns per row, columns)]
+        self._judged = (0, -1, {}, {})  # (valid after ns, valid until ns, values, statuses): empty, never valid
 
     def at(
         self, now: pd.Timestamp, rows: np.ndarray | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(features of the rows (all by default), blanked where not fresh at now; each view's status per row)."""
+        after, until, values, statuses = self._judged
+        if not after < now.value <= until:
+            after, until, values, statuses = self._judged = self._judge_all(now)
+        if rows is None:
+            return values, statuses
+        return {name: column[rows] for name, column in values.items()}, {v: s[rows] for v, s in statuses.items()}
+
+    def _judge_all(self, now: pd.Timestamp) -> tuple[int, int, dict, dict]:
+        after, until = np.iinfo(np.int64).min, np.iinfo(np.int64).max
         values, statuses = {}, {}
         for view, ttl, stamps, columns in self.views:
-            fresh, statuses[view] = _judge(stamps if rows is None else stamps[rows], ttl, now)
+            fresh, statuses[view] = _judge(stamps, ttl, now)
+            if ttl:  # a row is fresh while now <= its event time + ttl
+                turns = stamps[stamps != MISSING_STAMP] + ttl
+                after = max(after, turns[turns < now.value].max(initial=after))
+                until = min(until, turns[turns >= now.value].min(initial=until))
             for name, column in columns.items():
-                column = column if rows is None else column[rows]
                 values[name] = _blank(column, fresh)
-        return values, statuses
+        return after, until, values, statuses
 
 
 MISSING_STAMP = np.iinfo(np.int64).min  # the event time of a row the store does not have

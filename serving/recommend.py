@@ -90,16 +90,20 @@ def _personalised(champion: Champion, retrieval, user_id: str, history: list, al
     .score, FittedRanker.rerank), computed over the candidates alone.
 
     With the exact index every item is scored, and the candidates are the same as offline: the n best and the
-    user's past items, with their ranks among every item. With HNSW the index's nearest CANDIDATE_POOL and the
+    user's past items, with their ranks among every item (how many items score higher: offline's argsort of the
+    whole row gives the same, but for exact ties, which it orders arbitrarily). With HNSW the index's nearest CANDIDATE_POOL and the
     past items are scored and ranked among themselves."""
     user = retrieval.users(np.asarray([user_id], dtype=object))
     ranker = champion.recommender.ranker
     past = champion.position.of(list(dict.fromkeys(history)))  # distinct, in the history's order
     if champion.exact:
         scores = (user @ champion.vectors.T)[0]
-        order = np.argsort(-scores)  # as candidate_features ranks a full score row
-        ranks = np.empty(len(scores), np.int64)
-        ranks[order] = np.arange(len(scores))
+        ascending = np.sort(scores)  # a candidate's rank is how many items score higher: no argsort of every item
+
+        def rank(rows):
+            return len(scores) - np.searchsorted(ascending, scores[rows], side="right")
+
+        order = None  # every item in retrieval order, sorted only should the filters leave fewer than k
         n = min(ranker.config.candidates, len(scores)) if ranker is not None else 0
         best = np.argpartition(-scores, n - 1)[:n] if n else np.zeros(0, int)
     else:
@@ -110,13 +114,14 @@ def _personalised(champion: Champion, retrieval, user_id: str, history: list, al
         order = pool[np.argsort(-scores[pool])]
         ranks = np.empty(len(scores), np.int64)
         ranks[order] = np.arange(len(order))
+        rank = ranks.__getitem__
         best = order[: ranker.config.candidates] if ranker is not None else np.zeros(0, int)
     final = {}
     if ranker is not None:
         rows = pd.unique(np.concatenate([best, past[past >= 0]]))
         candidates, features = candidate_features(retrieval, np.asarray([user_id], dtype=object), champion.item_ids[rows],
                                              champion.vectors[rows], scores[rows][None, :],
-                                             ranker.config.candidates, ranks[rows][None, :])  # fmt: skip
+                                             ranker.config.candidates, rank(rows)[None, :])  # fmt: skip
         head = Ranker.TASKS.index("interact")
         probability = ranker.probabilities(features)[:, head]
         candidate_rows = rows[candidates.item]
@@ -124,11 +129,12 @@ def _personalised(champion: Champion, retrieval, user_id: str, history: list, al
         kept_rows, kept_scores = candidate_rows[keep], 10.0 + probability[keep]
         best_k = np.argsort(-kept_scores, kind="stable")[:k]  # stable: ties keep the candidates' order
         final = dict(zip(kept_rows[best_k].tolist(), kept_scores[best_k].tolist(), strict=True))
-    for row in order:  # fewer candidates than k survived the filters: the rest in retrieval order, as offline
-        if len(final) == k:
-            break
-        if allowed[row] and row not in final:
-            final[row] = float(scores[row] - 100.0)
+    if len(final) < k:  # fewer than k candidates survived the filters: the rest in retrieval order, as offline
+        for row in order if order is not None else np.argsort(-scores):
+            if len(final) == k:
+                break
+            if allowed[row] and row not in final:
+                final[row] = float(scores[row] - 100.0)
     return [(str(champion.item_ids[row]), score) for row, score in final.items()]
 
 

@@ -179,3 +179,24 @@ def test_one_row_is_judged_by_the_same_rule_as_a_column():
         column = _judge(_stamps(stamps), ttl, now)[1]
         assert [_judge_one(stamp, ttl, now) for stamp in stamps] == list(column), ttl
     assert list(np.unique(_judge(_stamps(stamps), day, now)[1])) == ["fresh", "missing", "stale"]
+
+
+def test_item_rows_judged_once_per_freshness_epoch_equal_judging_every_moment():
+    import numpy as np
+
+    from features.online import ItemRows, _blank, _judge, _stamps
+
+    day = pd.Timedelta("1D").value
+    start = pd.Timestamp("2011-12-01", tz="UTC")
+    stamps = _stamps([start.value, start.value + 2 * day, None, start.value + 5 * day])
+    columns = {"item_popularity__views_7d": np.array([1.0, 2.0, 3.0, 4.0], np.float32)}
+    price = {"item_catalog__price": np.array([5.0, 6.0, 7.0, 8.0], np.float32)}
+    rows = ItemRows([("item_popularity", 2 * day, stamps, columns), ("item_catalog", 0, stamps, price)])
+    moments = [start + pd.Timedelta(hours=h) for h in range(0, 24 * 9, 7)] + [start + pd.Timedelta(2, "D")]
+    for now in moments + moments[::-1]:  # forwards, then back in time
+        values, statuses = rows.at(now, np.array([3, 0, 1, 2]))
+        fresh, expected = _judge(stamps, 2 * day, now)
+        assert list(statuses["item_popularity"]) == list(expected[[3, 0, 1, 2]]), now
+        np.testing.assert_array_equal(values["item_popularity__views_7d"],
+                                      _blank(columns["item_popularity__views_7d"], fresh)[[3, 0, 1, 2]])  # fmt: skip
+    assert set(rows.at(start)[1]["item_catalog"]) == {"fresh", "missing"}  # no TTL: never stale
