@@ -239,3 +239,34 @@ def test_the_access_log_and_tracing_middleware_run_only_when_asked_for(tmp_path)
     assert quiet["logging"]["access"]["enabled"] is False and quiet["tracing"]["excluded_urls"] == list(API_PATHS)
     loud = http_config(Settings(home=tmp_path, serving_access_log=True, serving_tracing=True))
     assert loud == {"traffic": {"timeout": 10}}  # BentoML's defaults: an access line and spans per request
+
+
+def test_api_methods_are_looked_up_once_and_still_answer():
+    """BentoML's API descriptor builds a new wrapper on every lookup, one per request; the service keeps the one
+    it made at start (serving.service.remember_api_methods), which answers as the descriptor's would."""
+    import bentoml
+    from starlette.testclient import TestClient
+
+    from serving.service import remember_api_methods
+
+    @bentoml.service
+    class Tiny:
+        def __init__(self, remember: bool = True):
+            if remember:
+                remember_api_methods(self)
+
+        @bentoml.api
+        async def recommend(self, user_id: str) -> str:
+            return f"for {user_id}"
+
+        @bentoml.api
+        async def similar_items(self, item_id: str) -> str:
+            return f"like {item_id}"
+
+    plain = Tiny.inner(remember=False)
+    assert plain.recommend is not plain.recommend  # the descriptor rebuilds it on every lookup
+    tiny = Tiny.inner()
+    assert tiny.recommend is tiny.recommend and tiny.similar_items.local is tiny.similar_items.local
+    with TestClient(Tiny.to_asgi()) as client:
+        assert client.post("/recommend", json={"user_id": "u1"}).text == "for u1"
+        assert client.post("/similar_items", json={"item_id": "i1"}).text == "like i1"
