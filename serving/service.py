@@ -10,7 +10,6 @@ sit in serving/guard.py; /metrics adds shoprec_* series to BentoML's own.
 
 import logging
 import threading
-import time
 import uuid
 import warnings
 from collections import Counter
@@ -63,7 +62,15 @@ class Holder:
         self.store_problem: str | None = None  # the online store failed a read: not ready until it answers again
         self._shop_time = None
         self.refresh()
-        threading.Thread(target=self._poll, name="champion-swap", daemon=True).start()
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="champion-swap", daemon=True)
+        self._poller.start()
+
+    def close(self) -> None:
+        """Stop polling, waiting for a poll in flight: a poller left running after its service (an in-process
+        test's) kept reading the process's settings, and could cache them half-changed for the next service."""
+        self._stop.set()
+        self._poller.join(timeout=30)
 
     def now(self):
         """The clock freshness is judged at: the wall clock, or the shop's logical time (see core.settings), as
@@ -124,8 +131,7 @@ class Holder:
             self.store_read(None)
 
     def _poll(self) -> None:
-        while True:
-            time.sleep(get_settings().swap_poll_s)
+        while not self._stop.wait(get_settings().swap_poll_s):
             try:
                 if self.store_problem:
                     self._probe_store()
@@ -194,6 +200,10 @@ class Recommender:
         self.metrics = _Metrics.once()
         quiet_request_warnings()
         remember_api_methods(self)
+
+    @bentoml.on_shutdown
+    def stop_polling(self) -> None:
+        self.holder.close()
 
     @bentoml.api(input_spec=RecommendRequest)
     async def recommend(self, user_id: str, k: int, exclude: list[str], session_items: list[str],

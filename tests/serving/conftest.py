@@ -2,6 +2,7 @@
 weeks, replayed weekly through the gate, its features materialised into the SQLite online store, and a tiny-preset
 champion retrained on it and published to the model store, as the three DAGs would leave it."""
 
+import contextlib
 import os
 import shutil
 import socket
@@ -108,8 +109,24 @@ def service_client():
     yield make
     for client in clients:
         client.__exit__(None, None, None)
-    # BentoML registers its request metrics with Prometheus' process-wide registry per app: forget them, so the
-    # next test's app can register its own (one app per process is what `bentoml serve` runs).
+    forget_bentoml_metrics()
+
+
+@contextlib.contextmanager
+def in_process(service):
+    """An in-process client of a BentoML service (started and stopped with the block), its metrics forgotten after."""
+    from starlette.testclient import TestClient
+
+    try:
+        with TestClient(service.to_asgi()) as client:
+            yield client
+    finally:
+        forget_bentoml_metrics()
+
+
+def forget_bentoml_metrics() -> None:
+    """BentoML registers its request metrics with Prometheus' process-wide registry per app: forget them, so the
+    next test's app can register its own (one app per process is what `bentoml serve` runs)."""
     from prometheus_client import REGISTRY
 
     for collector in list(REGISTRY._collector_to_names):

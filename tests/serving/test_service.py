@@ -245,9 +245,9 @@ def test_api_methods_are_looked_up_once_and_still_answer():
     """BentoML's API descriptor builds a new wrapper on every lookup, one per request; the service keeps the one
     it made at start (serving.service.remember_api_methods), which answers as the descriptor's would."""
     import bentoml
-    from starlette.testclient import TestClient
 
     from serving.service import remember_api_methods
+    from tests.serving.conftest import in_process
 
     @bentoml.service
     class Tiny:
@@ -267,6 +267,23 @@ def test_api_methods_are_looked_up_once_and_still_answer():
     assert plain.recommend is not plain.recommend  # the descriptor rebuilds it on every lookup
     tiny = Tiny.inner()
     assert tiny.recommend is tiny.recommend and tiny.similar_items.local is tiny.similar_items.local
-    with TestClient(Tiny.to_asgi()) as client:
+    with in_process(Tiny) as client:
         assert client.post("/recommend", json={"user_id": "u1"}).text == "for u1"
         assert client.post("/similar_items", json={"item_id": "i1"}).text == "like i1"
+
+
+def test_the_poller_stops_with_the_service(retail_home, use_home):
+    """A service's shutdown stops its champion poller: one left running after an in-process service kept reading
+    the process's settings, and could cache them half-changed for the next one (a flaky 503 'no champion')."""
+    import threading
+
+    use_home(retail_home)
+    from serving.service import Recommender
+    from tests.serving.conftest import in_process
+
+    before = {t for t in threading.enumerate() if t.name == "champion-swap"}
+    with in_process(Recommender) as client:
+        assert client.get("/readyz").status_code == 200
+        running = {t for t in threading.enumerate() if t.name == "champion-swap"} - before
+        assert len(running) == 1
+    assert not any(t.is_alive() for t in running)
