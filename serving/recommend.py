@@ -91,8 +91,8 @@ def _personalised(champion: Champion, retrieval, user_id: str, history: list, al
 
     With the exact index every item is scored, and the candidates are the same as offline: the n best and the
     user's past items, with their ranks among every item (how many items score higher: offline's argsort of the
-    whole row gives the same, but for exact ties, which it orders arbitrarily). With HNSW the index's nearest CANDIDATE_POOL and the
-    past items are scored and ranked among themselves."""
+    whole row gives the same, but for exact ties, which it orders arbitrarily). With HNSW the index's nearest
+    CANDIDATE_POOL and the past items are scored and ranked among themselves."""
     user = retrieval.users(np.asarray([user_id], dtype=object))
     ranker = champion.recommender.ranker
     past = champion.position.of(list(dict.fromkeys(history)))  # distinct, in the history's order
