@@ -6,7 +6,8 @@ index; taobao the ../shared/data excerpt replayed daily, 55k items, HNSW) and ca
 <preset>/, since a full-preset retrain takes 5-20 minutes here. Then, one after the other on the same shop:
 
   shoprec-1w, shoprec-2w   `shoprec serve --workers N --clock shop` (serving.service:Recommender)
-  shoprec-2w-no-memo       the same with SHOPREC_SERVING_REMEMBERED_USERS=0: the user tower on every request
+  shoprec-2w-no-memo       the same with SHOPREC_SERVING_REMEMBERED_USERS=0: every request a first visit (the
+                           user tower and the shortlist built each time)
   naive-<N>w               `bentoml serve bench.naive_service:NaiveRecommender`: the same champion and models,
                            features through Feast's get_online_features per request
   echo-2w                  `bentoml serve bench.echo_service:EchoRecommender`: the same HTTP contract answering
@@ -171,8 +172,10 @@ def stage_times(home: Path, users: list[str]) -> dict:
     (cold ones included: they answer from popularity) and for the personalised ones alone.
 
     The steps are timed inside the real call: the functions recommend() calls are wrapped for this measurement
-    (the online user read, the user tower, the ANN search, candidate_features, the ranker); what is left of the
-    call (exact scoring and ranks, filters, top k, the answer) is `the_rest`."""
+    (the online user read, the user tower, the ANN search, the shortlist and its clock's features, the ranker);
+    what is left of the call (exact scoring and ranks, filters, top k, the answer) is `the_rest`. Each user's
+    first request: nothing of theirs is remembered yet. recommend_call_returning times the same users' second
+    request, which finds their vector and shortlist in the champion's memo."""
     from unittest import mock
 
     import torch
@@ -183,6 +186,7 @@ def stage_times(home: Path, users: list[str]) -> dict:
     from features.store import open_store
     from serving import recommend as path
     from serving.champion import OnlineRetrieval, load_champion
+    from training.candidates import Shortlist
 
     torch.set_num_threads(1)  # as each worker runs
     settings = Settings(home=home)
@@ -207,16 +211,17 @@ def stage_times(home: Path, users: list[str]) -> dict:
         def __init__(self, index):
             self.index, self.search = index, timed("ann_search", index.search)
 
-    steps = {"user_features": (OnlineRetrieval, "_users"), "user_tower": (OnlineRetrieval, "users"),
-             "ranker_features": (path, "candidate_features"), "ranker": (type(ranker), "probabilities")}  # fmt: skip
+    steps = [("user_features", OnlineRetrieval, "_users"), ("user_tower", OnlineRetrieval, "users"),
+             ("ranker_features", path, "shortlist"), ("ranker_features", Shortlist, "features"),
+             ("ranker", type(ranker), "probabilities")]  # fmt: skip
     if not champion.exact:
         champion = dataclasses.replace(champion, index=TimedIndex(champion.index))
-    timed_steps = (*steps, "ann_search") if not champion.exact else tuple(steps)
+    timed_steps = tuple(dict.fromkeys(name for name, _, _ in steps)) + (("ann_search",) if not champion.exact else ())
     stages = {name: [] for name in (*timed_steps, "the_rest")}
     whole, whole_personalised, personalised = [], [], 0
     sample = (users * (STAGE_REQUESTS // max(len(users), 1) + 1))[:STAGE_REQUESTS]
     with contextlib.ExitStack() as patches:
-        for name, (owner, attribute) in steps.items():
+        for name, owner, attribute in steps:
             patches.enter_context(mock.patch.object(owner, attribute, timed(name, getattr(owner, attribute))))
         for n, user_id in enumerate(tqdm(sample, desc="stages", unit="req", leave=False)):
             laps.clear()
@@ -230,6 +235,12 @@ def stage_times(home: Path, users: list[str]) -> dict:
             for name in timed_steps:
                 stages[name].append(laps.get(name, 0.0))
             stages["the_rest"].append(whole[-1] - sum(laps.get(name, 0.0) for name in timed_steps))
+    returning = []  # the same users again: their vector and shortlist come from the champion's memo
+    for user_id in sample[20:]:
+        tick = time.perf_counter()
+        answer = path.recommend(champion, user_id, 10, now=now)
+        if not answer.fallback:
+            returning.append(time.perf_counter() - tick)
 
     def summary(values):
         ms = np.asarray(values) * 1000
@@ -239,7 +250,8 @@ def stage_times(home: Path, users: list[str]) -> dict:
     return {"champion": champion.tag, "items": len(champion.item_ids), "index": "exact" if champion.exact else "hnsw",
             "candidates": int(ranker.config.candidates), "load_seconds": round(load_s, 1),
             "personalised_requests": personalised, "stages": {k: summary(v) for k, v in stages.items()},
-            "recommend_call": summary(whole[20:]), "recommend_call_personalised": summary(whole_personalised)}  # fmt: skip
+            "recommend_call": summary(whole[20:]), "recommend_call_personalised": summary(whole_personalised),
+            "recommend_call_returning": summary(returning)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -608,8 +620,8 @@ def main() -> None:
                    "shop": built, "request_users": len(users), "unknown_users": unknown, "in_process": stages,
                    "runs": {}}  # fmt: skip
             key = f"{dataset}/{preset}"
-            # By the fixed-rate run every request user has been seen (warm-up and saturation): their vectors
-            # come from the worker's memo. shoprec-2w-no-memo runs the user tower on every request instead.
+            # By the fixed-rate run every request user has been seen (warm-up and saturation): their vectors and
+            # shortlists come from the worker's memo. shoprec-2w-no-memo builds both on every request instead.
             plan = [("echo-2w", 2, "echo", side_seconds, None), ("shoprec-1w", 1, "shoprec", side_seconds, None),
                     ("shoprec-2w", 2, "shoprec", seconds, None),
                     ("shoprec-2w-no-memo", 2, "shoprec", side_seconds, {"SHOPREC_SERVING_REMEMBERED_USERS": "0"}),

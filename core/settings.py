@@ -80,10 +80,11 @@ class Settings(BaseSettings):
         "each request built its spans (~0.3 ms).",
     )
     serving_remembered_users: int = Field(
-        50_000,
+        10_000,
         ge=0,
-        description="User vectors each worker keeps for returning users while their features and the champion stay "
-        "the same (~0.6 KB each; 0 runs the user tower on every request).",
+        description="Returning users each worker remembers while their features and the champion stay the same: "
+        "their vector and their ranker shortlist (~30 KB each; the least recently seen go first; 0 runs the user "
+        "tower and builds the shortlist on every request).",
     )
     api_key: SecretStr | None = Field(
         None,

@@ -15,7 +15,7 @@ import pandas as pd
 
 from features.online import FRESH, MISSING, STALE, STORE_ERRORS, UNAVAILABLE
 from serving.champion import Champion
-from training.candidates import candidate_features
+from training.candidates import shortlist
 from training.examples import RANKER_SERVICE
 from training.models import Ranker
 
@@ -87,55 +87,70 @@ def similar_items(champion: Champion, item_id: str, k: int) -> tuple[list[tuple[
 def _personalised(champion: Champion, retrieval, user_id: str, history: list, allowed: np.ndarray, k: int):
     """[(item_id, score)]: the ranker's order of the user's candidates (10 + P(interact)), then, should filters
     leave fewer than k, the rest by retrieval score (score - 100): what offline scoring ranks (TwoTowerRecommender
-    .score, FittedRanker.rerank), computed over the candidates alone.
-
-    With the exact index every item is scored, and the candidates are the same as offline: the n best and the
-    user's past items, with their ranks among every item (how many items score higher: offline's argsort of the
-    whole row gives the same, but for exact ties, which it orders arbitrarily). With HNSW the index's nearest
-    CANDIDATE_POOL and the past items are scored and ranked among themselves."""
-    user = retrieval.users(np.asarray([user_id], dtype=object))
+    .score, FittedRanker.rerank), computed over the candidates alone."""
     ranker = champion.recommender.ranker
     past = champion.position.of(list(dict.fromkeys(history)))  # distinct, in the history's order
-    if champion.exact:
-        scores = (user @ champion.vectors.T)[0]
-        ascending = np.sort(scores)  # a candidate's rank is how many items score higher: no argsort of every item
-
-        def rank(rows):
-            return len(scores) - np.searchsorted(ascending, scores[rows], side="right")
-
-        order = None  # every item in retrieval order, sorted only should the filters leave fewer than k
-        n = min(ranker.config.candidates, len(scores)) if ranker is not None else 0
-        best = np.argpartition(-scores, n - 1)[:n] if n else np.zeros(0, int)
-    else:
-        _, found = champion.index.search(np.ascontiguousarray(user, dtype=np.float32), CANDIDATE_POOL)
-        pool = pd.unique(np.concatenate([found[0][found[0] >= 0], past[past >= 0]]))
-        scores = np.full(len(champion.item_ids), -np.inf, np.float32)
-        scores[pool] = user[0] @ champion.vectors[pool].T
-        order = pool[np.argsort(-scores[pool])]
-        ranks = np.empty(len(scores), np.int64)
-        ranks[order] = np.arange(len(order))
-        rank = ranks.__getitem__
-        best = order[: ranker.config.candidates] if ranker is not None else np.zeros(0, int)
     final = {}
     if ranker is not None:
-        rows = pd.unique(np.concatenate([best, past[past >= 0]]))
-        candidates, features = candidate_features(retrieval, np.asarray([user_id], dtype=object), champion.item_ids[rows],
-                                             champion.vectors[rows], scores[rows][None, :],
-                                             ranker.config.candidates, rank(rows)[None, :])  # fmt: skip
-        head = Ranker.TASKS.index("interact")
-        probability = ranker.probabilities(features)[:, head]
-        candidate_rows = rows[candidates.item]
-        keep = allowed[candidate_rows]
-        kept_rows, kept_scores = candidate_rows[keep], 10.0 + probability[keep]
+        rows, short = _shortlist(champion, retrieval, user_id, past, ranker.config.candidates)
+        probability = ranker.probabilities(short.features(retrieval))[:, Ranker.TASKS.index("interact")]
+        keep = allowed[rows]
+        kept_rows, kept_scores = rows[keep], 10.0 + probability[keep]
         best_k = np.argsort(-kept_scores, kind="stable")[:k]  # stable: ties keep the candidates' order
         final = dict(zip(kept_rows[best_k].tolist(), kept_scores[best_k].tolist(), strict=True))
     if len(final) < k:  # fewer than k candidates survived the filters: the rest in retrieval order, as offline
+        scores, order = _retrieve(champion, retrieval.users(np.asarray([user_id], dtype=object)), past)
         for row in order if order is not None else np.argsort(-scores):
             if len(final) == k:
                 break
             if allowed[row] and row not in final:
                 final[row] = float(scores[row] - 100.0)
     return [(str(champion.item_ids[row]), score) for row, score in final.items()]
+
+
+def _shortlist(champion: Champion, retrieval, user_id: str, past: np.ndarray, n: int):
+    """(each candidate's index row, their training.candidates.Shortlist), remembered for a returning user while
+    their row and its freshness stay the same (OnlineRetrieval.remembered): the candidates and every feature but
+    the clock's are a function of that row and the champion, so their request only adds the clock's columns.
+
+    With the exact index every item is scored, and the candidates are the same as offline: the n best and the
+    user's past items, with their ranks among every item (how many items score higher: offline's argsort of the
+    whole row gives the same, but for exact ties, which it orders arbitrarily). With HNSW the index's nearest
+    CANDIDATE_POOL and the past items are scored and ranked among themselves."""
+
+    def build():
+        scores, order = _retrieve(champion, retrieval.users(np.asarray([user_id], dtype=object)), past)
+        if order is None:
+            ascending = np.sort(scores)  # a candidate's rank is how many items score higher: no argsort of all
+
+            def rank(rows):
+                return len(scores) - np.searchsorted(ascending, scores[rows], side="right")
+
+            best = np.argpartition(-scores, min(n, len(scores)) - 1)[:n]
+        else:
+            ranks = np.empty(len(scores), np.int64)
+            ranks[order] = np.arange(len(order))
+            rank, best = ranks.__getitem__, order[:n]
+        rows = pd.unique(np.concatenate([best, past[past >= 0]]))
+        candidates, short = shortlist(retrieval, np.asarray([user_id], dtype=object), champion.item_ids[rows],
+                                      champion.vectors[rows], scores[rows][None, :], n, rank(rows)[None, :])  # fmt: skip
+        return rows[candidates.item], short
+
+    if (past < 0).any():  # past items outside the index are embedded from their rows, whose freshness can change
+        return build()
+    return retrieval.remembered(user_id, "shortlist", build)
+
+
+def _retrieve(champion: Champion, user: np.ndarray, past: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(every index row's retrieval score, -inf where not scored; the scored rows in retrieval order, or None
+    with the exact index, where every row is scored and the order is sorted only when needed)."""
+    if champion.exact:
+        return (user @ champion.vectors.T)[0], None
+    _, found = champion.index.search(np.ascontiguousarray(user, dtype=np.float32), CANDIDATE_POOL)
+    pool = pd.unique(np.concatenate([found[0][found[0] >= 0], past[past >= 0]]))
+    scores = np.full(len(champion.item_ids), -np.inf, np.float32)
+    scores[pool] = user[0] @ champion.vectors[pool].T
+    return scores, pool[np.argsort(-scores[pool])]
 
 
 def _cold(champion: Champion, allowed: np.ndarray, k: int, session_items, statuses: dict, why: str) -> Answer:

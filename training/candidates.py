@@ -81,6 +81,54 @@ def candidate_features(retrieval, users, items, vectors: np.ndarray, scores: np.
     past items (those in items) in the order of their history. vectors: the items' two-tower vectors (the ones
     scores came from). ranks: each item's rank among every item, where items is only a part of them (serving
     scores a few hundred of the catalog); by default the ranks within items."""
+    candidates, short = shortlist(retrieval, users, items, vectors, scores, n, ranks)
+    return candidates, short.features(retrieval)
+
+
+@dataclass
+class Shortlist:
+    """The candidates' features as far as the users' rows and the models decide them; `features` adds what the
+    clock decides (the ages, and the items' rows, blanked where not fresh at the retrieval's moment). Serving
+    keeps a returning user's shortlist, so a request that reads the same row only computes the clock's part."""
+
+    known: np.ndarray  # float32 [candidates, RANKER_FEATURES], the clock's columns left at 0
+    found: np.ndarray  # bool: the candidate is in its user's history
+    last: np.ndarray  # float64: the user's last event on the item, unix seconds (0 where not found)
+    last_event_age: np.ndarray  # float64: the user's last_event_age_s as their row holds it (NaN where blank)
+    items: np.ndarray  # object: the candidates' distinct item ids
+    item_rows: np.ndarray  # int64: each candidate's position in items
+
+    def features(self, retrieval) -> np.ndarray:
+        """RANKER_FEATURES at the retrieval's moment: ages count from its scored_at (<= as_of, the snapshot's
+        midnight, whose rows count their ages from as_of); the items' rows are read as of it."""
+        as_of, now = retrieval.as_of, retrieval.scored_at
+        ahead_s = (as_of - now).total_seconds()  # the snapshot's ages count from as_of: take back the time after now
+        since = np.where(self.found, now.value // 10**9 - self.last, RECENCY_CAP_S)
+        table = retrieval.columns(RANKER_SERVICE, "item_id", self.items)  # a row per distinct id, in order
+
+        def item(column):
+            return zero_blanks(numbers(table[column])[self.item_rows])
+
+        columns = {
+            "log_age_since_user_item": np.log1p(np.clip(since, 0, RECENCY_CAP_S)),
+            "log_user_last_event_age": np.log1p(np.maximum(zero_blanks(self.last_event_age) - ahead_s, 0)),
+            "item_views_7d": np.log1p(item("item_popularity__views_7d")),
+            "item_add_to_carts_7d": np.log1p(item("item_popularity__add_to_carts_7d")),
+            "item_purchases_30d": np.log1p(item("item_popularity__purchases_30d")),
+            "item_conversion_rate_30d": item("item_popularity__conversion_rate_30d"),
+            "log_item_first_seen_age": np.log1p(np.maximum(item("item_popularity__first_seen_age_s") - ahead_s, 0)),
+            "log_price": np.log1p(np.maximum(item("item_catalog__price"), 0)),
+        }
+        features = self.known.copy()
+        for name, values in columns.items():
+            features[:, RANKER_FEATURES.index(name)] = values
+        return features
+
+
+def shortlist(retrieval, users, items, vectors: np.ndarray, scores: np.ndarray, n: int,
+              ranks: np.ndarray | None = None) -> tuple[Candidates, Shortlist]:  # fmt: skip
+    """candidate_features' candidates, and their Shortlist: the work that reads the users' rows and the models
+    but not the clock. Arguments as candidate_features'."""
     history = retrieval.columns(RANKER_SERVICE, "user_id", users)
     past = Past.of(history)
     n_users, n_items = scores.shape
@@ -106,7 +154,7 @@ def candidate_features(retrieval, users, items, vectors: np.ndarray, scores: np.
     ease = retrieval.similarity.column_scores(past.user, ease_column[past_code], user, ease_column[item_code[item]])
     candidates = Candidates(user, item, item_ids[item], scores[user, item], ranks[user, item], highest, mean, ease)
     own = _own_record(past, past_code, user, item_code[item], len(named))
-    return candidates, _ranker_features(retrieval, history, candidates, own, item_code[item], named)
+    return candidates, _shortlist(history, candidates, own, item_code[item], named)
 
 
 def _history_similarity(retrieval, past_rows: np.ndarray, vectors: np.ndarray, past: Past, user, item):
@@ -148,25 +196,16 @@ def _by_user(user: np.ndarray, past_user: np.ndarray, past_rows: np.ndarray):
             yield rows, past_rows[past_bounds[u] : past_bounds[u + 1]]
 
 
-def _ranker_features(retrieval, history: Mapping, frame: Candidates, own: tuple, codes: np.ndarray,
-                     named: np.ndarray) -> np.ndarray:  # fmt: skip
-    """RANKER_FEATURES per candidate row, from the users' ranker_v1 rows (history), their own record of each item
-    (_own_record), the items' rows as of the retrieval's as_of, and the retrieval columns; ages count from its
-    scored_at (<= as_of, the snapshot's midnight). codes: each candidate's item code; named: the id of each code."""
-    as_of, now = retrieval.as_of, retrieval.scored_at
+def _shortlist(history: Mapping, frame: Candidates, own: tuple, codes: np.ndarray, named: np.ndarray) -> Shortlist:
+    """The RANKER_FEATURES no clock changes, per candidate row: from the users' ranker_v1 rows (history), their
+    own record of each item (_own_record) and the retrieval columns. codes: each candidate's item code; named:
+    the id of each code."""
     found, views, carts, purchases, last, first_position = own
-    now_s = now.value // 10**9
-    ahead_s = (as_of - now).total_seconds()  # the snapshot's ages count from as_of: take back the time after now
-    since = np.where(found, now_s - last, RECENCY_CAP_S)
     distinct, item_rows = np.unique(codes, return_inverse=True)  # any order of the distinct ids will do
-    item_features = retrieval.columns(RANKER_SERVICE, "item_id", named[distinct])  # a row per distinct id, in order
     user_rows = frame.user
 
-    def number(table, column, rows):
-        return zero_blanks(numbers(table[column])[rows])
-
-    def age(table, column, rows):
-        return np.maximum(number(table, column, rows) - ahead_s, 0)
+    def number(column):
+        return zero_blanks(numbers(history[column])[user_rows])
 
     columns = {
         "retrieval_score": frame.retrieval_score.astype(np.float64),
@@ -175,19 +214,11 @@ def _ranker_features(retrieval, history: Mapping, frame: Candidates, own: tuple,
         "history_views": np.log1p(views),
         "history_carts": np.log1p(carts),
         "history_purchases": np.log1p(purchases),
-        "log_age_since_user_item": np.log1p(np.clip(since, 0, RECENCY_CAP_S)),
         "log_history_position": np.log1p(first_position),
-        "user_views_7d": np.log1p(number(history, "user_activity__views_7d", user_rows)),
-        "user_add_to_carts_7d": np.log1p(number(history, "user_activity__add_to_carts_7d", user_rows)),
-        "user_purchases_30d": np.log1p(number(history, "user_activity__purchases_30d", user_rows)),
-        "log_user_last_event_age": np.log1p(age(history, "user_activity__last_event_age_s", user_rows)),
-        "user_distinct_items_30d": np.log1p(number(history, "user_activity__distinct_items_30d", user_rows)),
-        "item_views_7d": np.log1p(number(item_features, "item_popularity__views_7d", item_rows)),
-        "item_add_to_carts_7d": np.log1p(number(item_features, "item_popularity__add_to_carts_7d", item_rows)),
-        "item_purchases_30d": np.log1p(number(item_features, "item_popularity__purchases_30d", item_rows)),
-        "item_conversion_rate_30d": number(item_features, "item_popularity__conversion_rate_30d", item_rows),
-        "log_item_first_seen_age": np.log1p(age(item_features, "item_popularity__first_seen_age_s", item_rows)),
-        "log_price": np.log1p(np.maximum(number(item_features, "item_catalog__price", item_rows), 0)),
+        "user_views_7d": np.log1p(number("user_activity__views_7d")),
+        "user_add_to_carts_7d": np.log1p(number("user_activity__add_to_carts_7d")),
+        "user_purchases_30d": np.log1p(number("user_activity__purchases_30d")),
+        "user_distinct_items_30d": np.log1p(number("user_activity__distinct_items_30d")),
         "history_max_similarity": frame.history_max_similarity.astype(np.float64),
         "history_mean_similarity": frame.history_mean_similarity.astype(np.float64),
         "ease_score": frame.ease_score.astype(np.float64),
@@ -197,10 +228,12 @@ def _ranker_features(retrieval, history: Mapping, frame: Candidates, own: tuple,
         "history_intent": np.log1p(EVENT_WEIGHTS["view"] * views + EVENT_WEIGHTS["add_to_cart"] * carts
                                    + EVENT_WEIGHTS["purchase"] * purchases),
     }  # fmt: skip
-    features = np.empty((len(RANKER_FEATURES), len(codes)), np.float32)  # filled a feature at a time, then seen
-    for row, name in zip(features, RANKER_FEATURES, strict=True):  # as [candidates, features]: no float64 stack
-        row[:] = columns[name]
-    return np.ascontiguousarray(features.T)
+    known = np.zeros((len(RANKER_FEATURES), len(codes)), np.float32)  # filled a feature at a time, then seen as
+    for row, name in zip(known, RANKER_FEATURES, strict=True):  # [candidates, features]: no float64 stack
+        if name in columns:
+            row[:] = columns[name]
+    last_event_age = numbers(history["user_activity__last_event_age_s"])[user_rows]
+    return Shortlist(np.ascontiguousarray(known.T), found, last, last_event_age, named[distinct], item_rows)
 
 
 def _own_record(past: Past, past_codes: np.ndarray, users: np.ndarray, codes: np.ndarray, width: int):

@@ -36,31 +36,47 @@ def test_online_top_k_equals_offline_scoring_of_the_same_champion(retail_home):
         np.testing.assert_allclose([score for _, score, _ in online.items], row[top], atol=1e-4)
 
 
-def test_a_returning_user_skips_the_user_tower_and_gets_the_same_answer(retail_home, monkeypatch):
-    """The user vector is remembered per (user, their views' freshness) for the champion's life: a second request
-    runs no tower and answers the same; a clock past the features' TTL (another freshness) runs it again; with
-    serving_remembered_users=0 every request runs it."""
+def test_a_returning_user_skips_the_tower_and_the_shortlist_and_gets_the_same_answer(retail_home, monkeypatch):
+    """A returning user's vector and shortlist are remembered per (user, their views' freshness) for the champion's
+    life: their later requests run neither the user tower nor the shortlist, only the clock's features, and answer
+    as a champion that remembers nothing does, at the same clock and hours before (other ages, other scores); a
+    clock past the features' TTL (another freshness) builds them again; the least recently seen user goes first."""
+    from serving import recommend as path
     from training.pipeline import Retrieval
 
     layout = Layout(retail_home)
     moment = lake_as_of(layout)
-    events = read_events(layout, lake_days(layout)[-1])
-    user = str(events.sort_values("event_timestamp")["user_id"].iloc[-1])  # active on the newest day
-    towers = []
-    real = Retrieval.users
-    monkeypatch.setattr(Retrieval, "users", lambda self, ids: towers.append(list(ids)) or real(self, ids))
-    settings = Settings(home=retail_home, serving_clock="shop")
-    champion = load_champion(settings, open_store(settings), moment)
-    first, again = recommend(champion, user, K, now=moment), recommend(champion, user, K, now=moment)
-    assert first.fallback is None and first.items == again.items and towers == [[user]]
-    later = recommend(champion, user, K, now=moment + np.timedelta64(400, "D"))  # user_activity's TTL passed
-    assert later.statuses["user_activity"] == "stale" and later.statuses["user_history"] == "fresh"
-    assert later.fallback is None and towers == [[user], [user]]  # blanked activity: another vector
-    assert recommend(champion, user, K, exclude=[first.items[0][0]], now=moment).items[0] == first.items[1]
-    assert towers == [[user], [user]]  # the exclude list filters after the tower: still remembered
+    events = read_events(layout, lake_days(layout)[-1]).sort_values("event_timestamp")
+    user, other = [str(u) for u in events["user_id"].drop_duplicates(keep="last").iloc[-2:]]  # active on the newest day
+    built = []  # (remembering champion?, what was built, user)
+    tower, short = Retrieval.users, path.shortlist
+    monkeypatch.setattr(Retrieval, "users", lambda self, ids: built.append(
+        (bool(self.remembered_users), "vector", ids[0])) or tower(self, ids))  # fmt: skip
+    monkeypatch.setattr(path, "shortlist", lambda retrieval, users, *rest: built.append(
+        (bool(retrieval.remembered_users), "shortlist", users[0])) or short(retrieval, users, *rest))  # fmt: skip
+    store = open_store(Settings(home=retail_home))
+    remembering = load_champion(Settings(home=retail_home, serving_clock="shop"), store, moment)
+    forgetting = load_champion(Settings(home=retail_home, serving_remembered_users=0), store, moment)
 
-    towers.clear()
-    settings = Settings(home=retail_home, serving_clock="shop", serving_remembered_users=0)
-    champion = load_champion(settings, open_store(settings), moment)
-    assert recommend(champion, user, K, now=moment).items == recommend(champion, user, K, now=moment).items == first.items
-    assert towers == [[user], [user]]
+    def both(when, **options):
+        kept, fresh = (recommend(champion, user, K, now=when, **options) for champion in (remembering, forgetting))
+        assert kept.fallback is None and (kept.items, kept.statuses) == (fresh.items, fresh.statuses)
+        return kept
+
+    first = both(moment)
+    assert [b for b in built if b[0]] == [(True, "vector", user), (True, "shortlist", user)]
+    hours_before = both(moment - np.timedelta64(5, "h"))  # the same freshness (the test shop's rows turn stale
+    assert hours_before.statuses == first.statuses  # just after its clock), other ages
+    assert [score for _, score, _ in hours_before.items] != [score for _, score, _ in first.items], "ages moved"
+    assert both(moment, exclude=[first.items[0][0]]).items[0] == first.items[1]  # filters come after the shortlist
+    assert both(moment).items == first.items
+    assert len([b for b in built if b[0]]) == 2, "every later request found the user's vector and shortlist"
+    later = both(moment + np.timedelta64(400, "D"))  # user_activity's TTL passed: blanked activity, another vector
+    assert later.statuses["user_activity"] == "stale" and later.statuses["user_history"] == "fresh"
+    assert [b for b in built if b[0]][2:] == [(True, "vector", user), (True, "shortlist", user)]
+
+    built.clear()
+    one = load_champion(Settings(home=retail_home, serving_clock="shop", serving_remembered_users=1), store, moment)
+    for someone in (user, user, other, user):
+        recommend(one, someone, K, now=moment)
+    assert [b[2] for b in built if b[1] == "shortlist"] == [user, other, user], "one remembered: the latest"

@@ -15,7 +15,7 @@ import pytest
 from features.build import HISTORY_LENGTH
 from tests.training.conftest import tasteful_shop
 from training import protocols
-from training.candidates import RANKER_FEATURES, candidate_features
+from training.candidates import RANKER_FEATURES, candidate_features, shortlist
 from training.config import RankerConfig
 from training.evaluate import RankedTwoTower
 from training.examples import RANKER_SERVICE
@@ -141,6 +141,23 @@ def test_ranker_ages_count_from_the_moment_scored_not_from_the_snapshot_after_it
                                np.expm1(at_snapshot[own][:, ages].astype(np.float64)) - ahead_s, rtol=1e-5)  # fmt: skip
     others = [column for column in range(len(RANKER_FEATURES)) if column not in ages]
     np.testing.assert_array_equal(at_now[:, others], at_snapshot[:, others])
+
+
+def test_a_shortlist_built_once_gives_candidate_features_at_any_later_moment(fitted):
+    # Serving keeps a returning user's Shortlist and adds only the clock's columns per request: that must be what
+    # candidate_features computes from scratch at each moment.
+    model, train, last, _ = fitted
+    snapshot = model.retrieval
+    users, items = last["user_id"].to_numpy()[:6], np.sort(train["item_id"].unique())
+    vectors = snapshot.items(items)
+    scores = snapshot.users(users) @ vectors.T
+    candidates, kept = shortlist(snapshot, users, items, vectors, scores, 10)
+    end = train["event_timestamp"].max()
+    for now in (end - pd.Timedelta(hours=30), end, snapshot.as_of):
+        moment = replace(snapshot, now=now)
+        again, features = candidate_features(moment, users, items, vectors, scores, 10)
+        np.testing.assert_array_equal(again.item_id, candidates.item_id)
+        np.testing.assert_array_equal(kept.features(moment), features)
 
 
 def test_history_intent_weighs_the_users_events_on_the_item_as_repurchase_does(fitted):
