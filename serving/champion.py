@@ -25,7 +25,7 @@ from features.online import FRESH, MISSING, STALE, ItemRows, OnlineFeatures
 from serving.index import build_index
 from training import artefact
 from training import publish as model_store
-from training.examples import RANKER_SERVICE, TWO_TOWER_SERVICE
+from training.examples import RANKER_SERVICE, TWO_TOWER_SERVICE, numbers, zero_blanks
 from training.models import remember_buckets
 from training.pipeline import Retrieval, TwoTowerRecommender
 
@@ -48,6 +48,8 @@ class OnlineRetrieval(Retrieval):
     _memo: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)  # (user, their views'
     #                       statuses) -> {what: value}, least recently used first
     _user_status: dict = field(default_factory=dict, init=False, repr=False)  # user -> their views' statuses
+    _catalog_numbers: dict = field(default_factory=dict, init=False, repr=False)  # name -> the catalog's column as
+    #                       number_columns gives it, for the freshness epoch of the judged columns under "judged"
 
     def at(self, now: pd.Timestamp) -> "OnlineRetrieval":
         """A copy for one request at the UTC moment now, reading the snapshot of now's midnight, with nothing
@@ -100,6 +102,27 @@ class OnlineRetrieval(Retrieval):
         self._note(status)
         return values
 
+    def number_columns(self, service: str, key: str, ids, names) -> dict[str, np.ndarray]:
+        """Items' numeric ranker columns picked out of the whole catalog's, converted (float64, blanks 0) once
+        per freshness epoch rather than per request: ~0.15 ms of a returning user's ~1.5 ms in process."""
+        if service == RANKER_SERVICE and key == "item_id" and self.catalog is not None:
+            rows = self.catalog_position.of(np.asarray(ids, dtype=object))
+            if (rows >= 0).all():
+                values, status = self.catalog.at(self.scored_at)  # the epoch's judged columns, kept by ItemRows
+                converted = self._catalog_numbers  # shared by the champion's requests, as the memo is
+                if converted.get("judged") is not values:  # held, so a new epoch's columns never share its id
+                    converted.clear()
+                    converted["judged"] = values
+                self._note({view: found[rows] for view, found in status.items()})
+                return {name: self._converted(name, values)[rows] for name in names}
+        return super().number_columns(service, key, ids, names)
+
+    def _converted(self, name: str, values: dict) -> np.ndarray:
+        column = self._catalog_numbers.get(name)
+        if column is None:
+            column = self._catalog_numbers[name] = zero_blanks(numbers(values[name]))
+        return column
+
     def features(self, service: str, key: str, ids) -> pd.DataFrame:
         """The columns as a frame, as the offline join gives them (item_table reads it): a vector per row."""
         columns = self.columns(service, key, ids)
@@ -142,6 +165,7 @@ class Champion:
     from_text: np.ndarray  # bool [N]: not seen in training: its vector comes from text, category and price
     popularity: np.ndarray  # float [N]: recent intent-weighted events (item_popularity), 0 where not fresh
     popularity_fresh: bool  # whether any item had fresh popularity at load
+    by_popularity: np.ndarray  # int [N]: index rows, most popular first (ties in row order), for the cold start
     materialisation: object  # the online store version the item rows were read at
     loaded_at: float  # seconds it took to build
     exact: bool  # exact scan (parity with offline scoring) or HNSW
@@ -193,6 +217,7 @@ def load_champion(settings: Settings, store, now: pd.Timestamp, readers: dict | 
         from_text=~position.index.isin(pd.Index(trained.trained_ids)),
         popularity=popularity,
         popularity_fresh=popular_fresh,
+        by_popularity=np.argsort(-popularity, kind="stable"),
         materialisation=readers[RANKER_SERVICE].cache_version,
         loaded_at=time.perf_counter() - started,
         exact=type(index).__name__ == "IndexFlatIP",

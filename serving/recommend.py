@@ -161,9 +161,7 @@ def _cold(champion: Champion, allowed: np.ndarray, k: int, session_items, status
         centre = champion.vectors[rows].mean(0)
         found = _nearest(champion, centre, k, skip=set(rows.tolist()), allowed=allowed)
         return Answer(found, statuses, f"{why}: items similar to the session's {len(rows)} known item(s)")
-    popularity = np.where(allowed, champion.popularity, -np.inf)
-    order = np.argsort(-popularity, kind="stable")[:k]
-    order = order[np.isfinite(popularity[order])]
+    order = _first_allowed(champion.by_popularity, allowed, k)
     status = {**statuses, "item_popularity": FRESH if champion.popularity_fresh else STALE}
     note = "" if champion.popularity_fresh else " (no item has fresh popularity at this clock: order is arbitrary)"
     picked = [(str(champion.item_ids[i]), float(champion.popularity[i]), "popular") for i in order]
@@ -180,6 +178,18 @@ def _nearest(champion: Champion, vector: np.ndarray, k: int, skip: set, allowed=
         kept = [(r, s) for r, s in zip(rows[0], scores[0], strict=True) if r >= 0 and r not in skip and allowed[r]]
         if len(kept) >= k or wanted >= len(champion.item_ids):
             return [(str(champion.item_ids[r]), float(s), "similar") for r, s in kept[:k]]
+        wanted *= 4
+
+
+def _first_allowed(rows: np.ndarray, allowed: np.ndarray, k: int) -> np.ndarray:
+    """The first k of rows that are allowed, in rows' order: a look at the head, widened only should filters
+    leave fewer (filtering every row cost a 55k-item catalog's cold request ~0.1 ms, sorting them ~2 ms)."""
+    wanted = 4 * k
+    while True:
+        head = rows[:wanted]
+        picked = head[allowed[head]][:k]
+        if len(picked) == k or wanted >= len(rows):
+            return picked
         wanted *= 4
 
 

@@ -27,6 +27,8 @@ RANKER_FEATURES = (
     "item_add_to_carts_7d", "item_purchases_30d", "item_conversion_rate_30d", "log_item_first_seen_age",
     "log_price", "history_max_similarity", "history_mean_similarity", "ease_score", "history_intent",
 )  # fmt: skip
+ITEM_NUMBERS = ("item_popularity__views_7d", "item_popularity__add_to_carts_7d", "item_popularity__purchases_30d",
+                "item_popularity__conversion_rate_30d", "item_popularity__first_seen_age_s", "item_catalog__price")
 RECENCY_CAP_S = 3.2e7  # about a year: 'never' reads as older than anything seen
 VIEW, CART, PURCHASE = 0, 1, 2  # user_history's type codes (core.contract.EVENT_TYPES order)
 
@@ -104,10 +106,10 @@ class Shortlist:
         as_of, now = retrieval.as_of, retrieval.scored_at
         ahead_s = (as_of - now).total_seconds()  # the snapshot's ages count from as_of: take back the time after now
         since = np.where(self.found, now.value // 10**9 - self.last, RECENCY_CAP_S)
-        table = retrieval.columns(RANKER_SERVICE, "item_id", self.items)  # a row per distinct id, in order
+        table = retrieval.number_columns(RANKER_SERVICE, "item_id", self.items, ITEM_NUMBERS)  # a row per id
 
         def item(column):
-            return zero_blanks(numbers(table[column])[self.item_rows])
+            return table[column][self.item_rows]
 
         columns = {
             "log_age_since_user_item": np.log1p(np.clip(since, 0, RECENCY_CAP_S)),

@@ -32,8 +32,10 @@ from training.config import RankerConfig, TwoTowerConfig, preset
 from training.examples import (
     TWO_TOWER_SERVICE,
     item_table,
+    numbers,
     user_features,
     user_inputs,
+    zero_blanks,
 )
 from training.item_similarity import ItemSimilarity
 from training.models import Ranker, TwoTower
@@ -97,6 +99,11 @@ class Retrieval:
         the ranker's features read (here the joined frame itself; serving gives numpy arrays, cheaper at one
         user than any frame)."""
         return self.features(service, key, ids)
+
+    def number_columns(self, service: str, key: str, ids, names) -> dict[str, np.ndarray]:
+        """Some numeric feature columns, one row per id, as float64 with a blank (no row, or a stale one) as 0."""
+        table = self.columns(service, key, ids)
+        return {name: zero_blanks(numbers(table[name])) for name in names}
 
     def users(self, user_ids) -> np.ndarray:
         joined = self.columns(TWO_TOWER_SERVICE, "user_id", user_ids)

@@ -80,3 +80,27 @@ def test_a_returning_user_skips_the_tower_and_the_shortlist_and_gets_the_same_an
     for someone in (user, user, other, user):
         recommend(one, someone, K, now=moment)
     assert [b[2] for b in built if b[1] == "shortlist"] == [user, other, user], "one remembered: the latest"
+
+
+def test_the_catalogs_numbers_are_converted_once_per_freshness_epoch_and_equal_a_fresh_conversion(retail_home):
+    """OnlineRetrieval.number_columns picks items' rows out of the catalog's columns converted once per freshness
+    epoch: at every clock, back and forth across epochs, what training's number_columns gives from the rows."""
+    from training.candidates import ITEM_NUMBERS
+    from training.examples import RANKER_SERVICE
+    from training.pipeline import Retrieval
+
+    moment = lake_as_of(Layout(retail_home))
+    settings = Settings(home=retail_home)
+    champion = load_champion(settings, open_store(settings), moment)
+    items = champion.item_ids[::37]
+    for days in (0, 400, 0, 1, 400):  # fresh, stale, fresh again ...
+        retrieval = champion.at(moment + np.timedelta64(days, "D"))
+        online = retrieval.number_columns(RANKER_SERVICE, "item_id", items, ITEM_NUMBERS)
+        by_rows = Retrieval.number_columns(retrieval, RANKER_SERVICE, "item_id", items, ITEM_NUMBERS)
+        assert online.keys() == by_rows.keys()
+        for name in ITEM_NUMBERS:
+            np.testing.assert_array_equal(online[name], by_rows[name])
+            assert online[name].dtype == np.float64 and np.isfinite(online[name]).all()
+    stale = champion.at(moment + np.timedelta64(400, "D"))
+    stale.number_columns(RANKER_SERVICE, "item_id", items, ITEM_NUMBERS)
+    assert set(stale.statuses.values()) >= {"stale"}, "the items' statuses are still reported"
