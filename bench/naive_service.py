@@ -24,6 +24,7 @@ from serving.champion import OnlineRetrieval
 from serving.schemas import FeatureStatus, Recommendations, RecommendedItem
 from serving.service import RecommendRequest, http_config, quiet_request_warnings
 from training.examples import RANKER_SERVICE
+from training.pipeline import Retrieval
 
 MISSING, FRESH = "missing", "fresh"
 
@@ -46,6 +47,10 @@ class NaiveRetrieval(OnlineRetrieval):
         if len(ids) == 1:
             self._joined[ids[0]] = values
         return values
+
+    def number_columns(self, service: str, key: str, ids, names) -> dict[str, np.ndarray]:
+        """Converted from this request's read, as training converts them: not the service's catalog columns."""
+        return Retrieval.number_columns(self, service, key, ids, names)
 
     def _read(self, service: str, key: str, ids: list[str]) -> dict[str, np.ndarray]:
         """The columns of ids as features.online gives them (numbers float32 with NaN, vectors stacked, lists and
