@@ -6,7 +6,9 @@ per request, so it works on flat arrays keyed by (user, item) codes: no per-row 
 user a groupby costs more than the arithmetic, and at one user building a DataFrame costs more than the features).
 The features read the user's ranker_v1 row (their history and activity) and the candidates' item rows through
 `retrieval.columns`, which is Feast's point-in-time join offline and the online store in serving: the same numbers
-either way.
+either way. The work comes in two parts: `shortlist`, what the users' rows and the models decide (the candidates,
+their scores and ranks, similarities, the users' own records), and `Shortlist.features`, what the clock decides (the
+ages, and the items' rows as fresh or stale at that moment), so serving can keep a returning user's shortlist.
 """
 
 from collections.abc import Mapping
