@@ -92,12 +92,10 @@ class OnlineRetrieval(Retrieval):
         ids = np.asarray(ids, dtype=object)
         if key == "user_id":
             return self._users(ids)
-        if service == RANKER_SERVICE and self.catalog is not None:
-            rows = self.catalog_position.of(ids)
-            if (rows >= 0).all():
-                values, status = self.catalog.at(self.scored_at, rows)
-                self._note(status)
-                return values
+        if (rows := self._catalog_rows(service, ids)) is not None:
+            values, status = self.catalog.at(self.scored_at, rows)
+            self._note(status)
+            return values
         values, status = self.readers[service].read_items(list(ids), self.scored_at)
         self._note(status)
         return values
@@ -105,23 +103,29 @@ class OnlineRetrieval(Retrieval):
     def number_columns(self, service: str, key: str, ids, names) -> dict[str, np.ndarray]:
         """Items' numeric ranker columns picked out of the whole catalog's, converted (float64, blanks 0) once
         per freshness epoch rather than per request: ~0.15 ms of a returning user's ~1.5 ms in process."""
-        if service == RANKER_SERVICE and key == "item_id" and self.catalog is not None:
-            rows = self.catalog_position.of(np.asarray(ids, dtype=object))
-            if (rows >= 0).all():
-                values, status = self.catalog.at(self.scored_at)  # the epoch's judged columns, kept by ItemRows
-                converted = self._catalog_numbers  # shared by the champion's requests, as the memo is
-                if converted.get("judged") is not values:  # held, so a new epoch's columns never share its id
-                    converted.clear()
-                    converted["judged"] = values
-                self._note({view: found[rows] for view, found in status.items()})
-                return {name: self._converted(name, values)[rows] for name in names}
+        if key == "item_id" and (rows := self._catalog_rows(service, ids)) is not None:
+            judged, status = self.catalog.at(self.scored_at)  # the epoch's columns, kept by ItemRows
+            self._note({view: found[rows] for view, found in status.items()})
+            return {name: self._converted(name, judged)[rows] for name in names}
         return super().number_columns(service, key, ids, names)
 
-    def _converted(self, name: str, values: dict) -> np.ndarray:
-        column = self._catalog_numbers.get(name)
-        if column is None:
-            column = self._catalog_numbers[name] = zero_blanks(numbers(values[name]))
-        return column
+    def _catalog_rows(self, service: str, ids) -> np.ndarray | None:
+        """The ids' rows of the catalog loaded with the champion, or None where it cannot answer (another
+        service's views, or an id it lacks: read from the store then)."""
+        if service != RANKER_SERVICE or self.catalog is None:
+            return None
+        rows = self.catalog_position.of(np.asarray(ids, dtype=object))
+        return rows if (rows >= 0).all() else None
+
+    def _converted(self, name: str, judged: dict) -> np.ndarray:
+        """The catalog's column name as number_columns gives it, converted once per epoch's judged columns."""
+        cache = self._catalog_numbers  # shared by the champion's requests, as the memo is
+        if cache.get("judged") is not judged:  # held, so a new epoch's columns never share its id
+            cache.clear()
+            cache["judged"] = judged
+        if name not in cache:
+            cache[name] = zero_blanks(numbers(judged[name]))
+        return cache[name]
 
     def features(self, service: str, key: str, ids) -> pd.DataFrame:
         """The columns as a frame, as the offline join gives them (item_table reads it): a vector per row."""
