@@ -83,8 +83,8 @@ class Settings(BaseSettings):
         10_000,
         ge=0,
         description="Returning users each worker remembers while their features and the champion stay the same: "
-        "their vector and their ranker shortlist (~30 KB each; the least recently seen go first; 0 runs the user "
-        "tower and builds the shortlist on every request).",
+        "their stored row, their vector and their ranker shortlist (~30 KB each; the least recently seen go first; "
+        "0 reads the row from the online store, runs the user tower and builds the shortlist on every request).",
     )
     api_key: SecretStr | None = Field(
         None,

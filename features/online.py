@@ -96,13 +96,16 @@ class OnlineFeatures:
 
     def read_user(self, user_id: str, now: pd.Timestamp) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """One user's features (arrays of one row) and each user view's status at now."""
-        user, user_status = {}, {}
+        return self.user_row(user_id).at(now)
+
+    def user_row(self, user_id: str) -> "UserRow":
+        """One user's stored rows, not yet judged: what `UserRow.at` blanks for a moment. Like an item's, a user's
+        rows change only when features are materialised: serving remembers a returning user's."""
+        stored = []
         for view, names, kinds, ttl in self._views["user_id"]:
             ((stamp, values),) = self._read_rows(view, names, "user_id", [user_id])
-            status = _judge_one(stamp, ttl, now)
-            user_status[view.name] = status
-            user.update(_columns(view.name, names, kinds, [values if status == FRESH else None]))
-        return user, user_status
+            stored.append((view.name, names, kinds, ttl, stamp, values))
+        return UserRow(stored)
 
     def read_items(self, item_ids: list[str], now: pd.Timestamp) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Items' features (one row per id, in order) and each item view's per-item status at now; rows come from
@@ -152,6 +155,31 @@ class OnlineFeatures:
         if version != self._cache_version:
             self._cache.clear()
             self._cache_version = version
+
+
+class UserRow:
+    """One user's stored row per user view (event time and values), judged at a moment by `at`: a view is fresh
+    while now <= its event time + TTL, else stale (blanked), or missing. The columns of each combination of
+    statuses are built once: a remembered user's later requests only compare their stamps with the clock."""
+
+    def __init__(self, views: list[tuple[str, list[str], list[str], int, int | None, list | None]]):
+        self.views = views  # [(view, feature names, their kinds, ttl ns (0: never stale), event time ns, values)]
+        self._columns: dict[tuple[str, ...], dict[str, np.ndarray]] = {}  # statuses -> columns
+
+    def at(self, now: pd.Timestamp) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """(the features as arrays of one row, blanked where not fresh at now; each view's status). The arrays
+        are shared by every call at the same statuses: read-only."""
+        statuses = {view: _judge_one(stamp, ttl, now) for view, _, _, ttl, stamp, _ in self.views}
+        key = tuple(statuses.values())
+        columns = self._columns.get(key)
+        if columns is None:
+            columns = {}
+            for (view, names, kinds, _, _, values), status in zip(self.views, key, strict=True):
+                columns.update(_columns(view, names, kinds, [values if status == FRESH else None]))
+            for column in columns.values():
+                column.flags.writeable = False
+            self._columns[key] = columns
+        return columns, statuses
 
 
 class ItemRows:

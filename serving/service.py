@@ -214,8 +214,8 @@ class Recommender:
         champion = self._champion()
         now = self.holder.now()
         answer = recommend(champion, user_id, k, exclude, session_items, exclude_purchased, now)
-        if answer.store_error or self.holder.store_problem:
-            self.holder.store_read(answer.store_error)
+        if answer.store_error:  # it answers again when the poller's probe says so: a remembered user's request
+            self.holder.store_read(answer.store_error)  # reads nothing, so its success says nothing of the store
         self.metrics.record(champion.tag, answer)
         return Recommendations(
             items=[RecommendedItem(item_id=i, score=s, reason=r) for i, s, r in answer.items],

@@ -37,10 +37,12 @@ def test_online_top_k_equals_offline_scoring_of_the_same_champion(retail_home):
 
 
 def test_a_returning_user_skips_the_tower_and_the_shortlist_and_gets_the_same_answer(retail_home, monkeypatch):
-    """A returning user's vector and shortlist are remembered per (user, their views' freshness) for the champion's
-    life: their later requests run neither the user tower nor the shortlist, only the clock's features, and answer
-    as a champion that remembers nothing does, at the same clock and hours before (other ages, other scores); a
-    clock past the features' TTL (another freshness) builds them again; the least recently seen user goes first."""
+    """A returning user's stored row is read once per champion, and their vector and shortlist are remembered per
+    freshness of their views: their later requests read nothing from the store and run neither the user tower nor
+    the shortlist, only the clock's features, and answer as a champion that remembers nothing does, at the same
+    clock and hours before (other ages, other scores); a clock past the features' TTL (another freshness) builds
+    them again from the same row; the least recently seen user goes first."""
+    from features.online import OnlineFeatures
     from serving import recommend as path
     from training.pipeline import Retrieval
 
@@ -54,6 +56,9 @@ def test_a_returning_user_skips_the_tower_and_the_shortlist_and_gets_the_same_an
         (bool(self.remembered_users), "vector", ids[0])) or tower(self, ids))  # fmt: skip
     monkeypatch.setattr(path, "shortlist", lambda retrieval, users, *rest: built.append(
         (bool(retrieval.remembered_users), "shortlist", users[0])) or short(retrieval, users, *rest))  # fmt: skip
+    read = OnlineFeatures.user_row
+    monkeypatch.setattr(OnlineFeatures, "user_row", lambda self, user_id: built.append(
+        (self is remembering.retrieval.readers["ranker_v1"], "row", user_id)) or read(self, user_id))  # fmt: skip
     store = open_store(Settings(home=retail_home))
     remembering = load_champion(Settings(home=retail_home, serving_clock="shop"), store, moment)
     forgetting = load_champion(Settings(home=retail_home, serving_remembered_users=0), store, moment)
@@ -64,22 +69,26 @@ def test_a_returning_user_skips_the_tower_and_the_shortlist_and_gets_the_same_an
         return kept
 
     first = both(moment)
-    assert [b for b in built if b[0]] == [(True, "vector", user), (True, "shortlist", user)]
+    assert [b for b in built if b[0]] == [(True, "row", user), (True, "vector", user), (True, "shortlist", user)]
+    assert (False, "row", user) in built, "the champion that remembers nothing reads the store"
     hours_before = both(moment - np.timedelta64(5, "h"))  # the same freshness (the test shop's rows turn stale
     assert hours_before.statuses == first.statuses  # just after its clock), other ages
     assert [score for _, score, _ in hours_before.items] != [score for _, score, _ in first.items], "ages moved"
     assert both(moment, exclude=[first.items[0][0]]).items[0] == first.items[1]  # filters come after the shortlist
     assert both(moment).items == first.items
-    assert len([b for b in built if b[0]]) == 2, "every later request found the user's vector and shortlist"
+    assert len([b for b in built if b[0]]) == 3, "every later request found the user's row, vector and shortlist"
     later = both(moment + np.timedelta64(400, "D"))  # user_activity's TTL passed: blanked activity, another vector
     assert later.statuses["user_activity"] == "stale" and later.statuses["user_history"] == "fresh"
-    assert [b for b in built if b[0]][2:] == [(True, "vector", user), (True, "shortlist", user)]
+    assert [b for b in built if b[0]][3:] == [(True, "vector", user), (True, "shortlist", user)], "the same row"
+    assert both(moment).items == first.items, "back to the first freshness: its entries are still there"
+    assert len([b for b in built if b[0]]) == 5
 
     built.clear()
     one = load_champion(Settings(home=retail_home, serving_clock="shop", serving_remembered_users=1), store, moment)
     for someone in (user, user, other, user):
         recommend(one, someone, K, now=moment)
     assert [b[2] for b in built if b[1] == "shortlist"] == [user, other, user], "one remembered: the latest"
+    assert [b[2] for b in built if b[1] == "row"] == [user, other, user], "the row goes with the rest"
 
 
 def test_the_catalogs_numbers_are_converted_once_per_freshness_epoch_and_equal_a_fresh_conversion(retail_home):

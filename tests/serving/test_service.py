@@ -200,7 +200,8 @@ def test_a_new_catalog_item_is_reachable_from_its_text_once_materialised(shop_co
 def test_a_failing_online_store_gets_the_stated_fallback_and_the_service_recovers_by_itself(client, monkeypatch):
     """The online store failing (Redis down: its reads raise): /recommend answers popularity, saying why, not a
     500; /readyz is 503 with the reason; once reads succeed again the poller's probe makes it ready by itself.
-    The real Redis stopped and restarted under `bentoml serve`: tests/production/."""
+    A user the worker remembers (their stored row read before) still gets their own answer: it is what the
+    store's row gives. The real Redis stopped and restarted under `bentoml serve`: tests/production/."""
     import time
 
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -213,9 +214,12 @@ def test_a_failing_online_store_gets_the_stated_fallback_and_the_service_recover
     personal = client.post("/recommend", json={"user_id": "12748", "k": 5}).json()
     assert personal["fallback"] is None
     with monkeypatch.context() as patch:
-        patch.setattr(OnlineFeatures, "read_user", down)
+        patch.setattr(OnlineFeatures, "user_row", down)
         patch.setattr(OnlineFeatures, "read_items", down)
-        answer = client.post("/recommend", json={"user_id": "12748", "k": 5, "exclude": ["23084"]})
+        remembered = client.post("/recommend", json={"user_id": "12748", "k": 5}).json()
+        assert remembered["fallback"] is None and remembered["items"] == personal["items"]
+        assert client.get("/readyz").status_code == 200, "no read has failed yet"
+        answer = client.post("/recommend", json={"user_id": "not-read-before", "k": 5, "exclude": ["23084"]})
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert "online store unavailable (ConnectionError" in body["fallback"]
