@@ -7,7 +7,6 @@ Parity with training is by construction: `OnlineRetrieval` is training's `Retrie
 building, the ranker features and the ranker are training's own code (training/pipeline.py), fed by online values.
 """
 
-import copy
 import dataclasses
 import time
 from collections import OrderedDict
@@ -54,7 +53,8 @@ class OnlineRetrieval(Retrieval):
     def at(self, now: pd.Timestamp) -> "OnlineRetrieval":
         """A copy for one request at the UTC moment now, reading the snapshot of now's midnight, with nothing
         read yet (dataclasses.replace costs more than the rest of the clock handling: a request makes one)."""
-        request = copy.copy(self)
+        request = object.__new__(type(self))  # copy.copy's result at a tenth of its cost (~30 us here)
+        request.__dict__.update(self.__dict__)
         request.as_of = pd.Timestamp(now.value - now.value % DAY_NS, tz="UTC")  # now.floor("D"), cheaper
         request.now, request._joined, request.statuses, request._user_status = now, {}, {}, {}
         return request  # _memo stays shared: every request of this champion adds to the same one
@@ -156,7 +156,8 @@ class OnlineRetrieval(Retrieval):
             values = self._joined.get(user_id)
             if values is None:
                 values, status = self._user_row(user_id).at(self.scored_at)
-                self._note({view: np.array([found], dtype=object) for view, found in status.items()})
+                for view, found in status.items():
+                    self._worst(view, found)
                 self._joined[user_id], self._user_status[user_id] = values, tuple(sorted(status.items()))
             rows.append(values)
         return rows[0] if len(rows) == 1 else {name: np.concatenate([row[name] for row in rows]) for name in rows[0]}
@@ -164,9 +165,11 @@ class OnlineRetrieval(Retrieval):
     def _note(self, status: dict) -> None:
         for view, found in status.items():
             # a set of the few distinct statuses: comparing the object array to each costs more per request
-            worst = max(set(found.tolist()), key=STATUS_ORDER.__getitem__, default=FRESH)
-            if STATUS_ORDER[worst] >= STATUS_ORDER[self.statuses.get(view, FRESH)]:
-                self.statuses[view] = worst
+            self._worst(view, max(set(found.tolist()), key=STATUS_ORDER.__getitem__, default=FRESH))
+
+    def _worst(self, view: str, status: str) -> None:
+        if STATUS_ORDER[status] >= STATUS_ORDER[self.statuses.get(view, FRESH)]:
+            self.statuses[view] = status
 
 
 @dataclass
