@@ -204,6 +204,11 @@ class ItemRows:
             return values, statuses
         return {name: column[rows] for name, column in values.items()}, {v: s[rows] for v, s in statuses.items()}
 
+    def epoch(self, now: pd.Timestamp) -> tuple[int, int]:
+        """(after, until) ns: the span around now in which no row's status changes, as `at` judges it."""
+        self.at(now)
+        return self._judged[:2]
+
     def _judge_all(self, now: pd.Timestamp) -> tuple[int, int, dict, dict]:
         after, until = np.iinfo(np.int64).min, np.iinfo(np.int64).max
         values, statuses = {}, {}

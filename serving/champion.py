@@ -24,6 +24,7 @@ from features.online import FRESH, MISSING, STALE, ItemRows, OnlineFeatures
 from serving.index import build_index
 from training import artefact
 from training import publish as model_store
+from training.candidates import ITEM_NUMBERS
 from training.examples import RANKER_SERVICE, TWO_TOWER_SERVICE, numbers, zero_blanks
 from training.models import remember_buckets
 from training.pipeline import Retrieval, TwoTowerRecommender
@@ -119,10 +120,36 @@ class OnlineRetrieval(Retrieval):
         """Items' numeric ranker columns picked out of the whole catalog's, converted (float64, blanks 0) once
         per freshness epoch rather than per request: ~0.15 ms of a returning user's ~1.5 ms in process."""
         if key == "item_id" and (rows := self._catalog_rows(service, ids)) is not None:
-            judged, status = self.catalog.at(self.scored_at)  # the epoch's columns, kept by ItemRows
-            self._note({view: found[rows] for view, found in status.items()})
-            return {name: self._converted(name, judged)[rows] for name in names}
+            columns, worst = self._numbers_of(rows, names)
+            for view, status in worst.items():
+                self._worst(view, status)
+            return columns
         return super().number_columns(service, key, ids, names)
+
+    def remembered_item_numbers(self, user_id: str, short) -> dict[str, np.ndarray]:
+        """short.item_numbers(self) for the user's remembered shortlist, kept with it for the catalog's freshness
+        epoch (no item row's status changes within it): their request then picks nothing out of the 55k-row
+        catalog columns, whose scattered rows are cold in a worker's caches between requests. The items' views'
+        statuses are noted as the read notes them."""
+        if not self.remembered_users or self.catalog is None:
+            return short.item_numbers(self)
+        epoch, entry = self.catalog.epoch(self.scored_at), self._entry(user_id)
+        kept = entry.get("item numbers")  # (shortlist, epoch, columns, the worst status per item view)
+        if kept is None or kept[0] is not short or kept[1] != epoch:
+            rows = self._catalog_rows(RANKER_SERVICE, short.items)
+            if rows is None:  # an item the loaded catalog lacks: read from the store on every request
+                return short.item_numbers(self)
+            columns, worst = self._numbers_of(rows, ITEM_NUMBERS)
+            kept = entry["item numbers"] = (short, epoch, {n: _read_only(c) for n, c in columns.items()}, worst)
+        for view, status in kept[3].items():
+            self._worst(view, status)
+        return kept[2]
+
+    def _numbers_of(self, rows: np.ndarray, names) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """(the catalog rows' numeric columns, each item view's worst status among them) at scored_at."""
+        judged, status = self.catalog.at(self.scored_at)  # the epoch's columns, kept by ItemRows
+        worst = {view: _worst(found[rows]) for view, found in status.items()}
+        return {name: self._converted(name, judged)[rows] for name in names}, worst
 
     def _catalog_rows(self, service: str, ids) -> np.ndarray | None:
         """The ids' rows of the catalog loaded with the champion, or None where it cannot answer (another
@@ -164,8 +191,7 @@ class OnlineRetrieval(Retrieval):
 
     def _note(self, status: dict) -> None:
         for view, found in status.items():
-            # a set of the few distinct statuses: comparing the object array to each costs more per request
-            self._worst(view, max(set(found.tolist()), key=STATUS_ORDER.__getitem__, default=FRESH))
+            self._worst(view, _worst(found))
 
     def _worst(self, view: str, status: str) -> None:
         if STATUS_ORDER[status] >= STATUS_ORDER[self.statuses.get(view, FRESH)]:
@@ -266,6 +292,12 @@ def _popularity(catalog: ItemRows, now: pd.Timestamp) -> tuple[np.ndarray, bool]
     score = (EVENT_WEIGHTS["view"] * column("views_7d") + EVENT_WEIGHTS["add_to_cart"] * column("add_to_carts_7d")
              + EVENT_WEIGHTS["purchase"] * column("purchases_30d"))  # fmt: skip
     return score, bool(fresh.any())
+
+
+def _worst(statuses: np.ndarray) -> str:
+    """The worst of some rows' statuses (fresh where there are none)."""
+    # a set of the few distinct statuses: comparing the object array to each costs more per request
+    return max(set(statuses.tolist()), key=STATUS_ORDER.__getitem__, default=FRESH)
 
 
 def _read_only(value):

@@ -87,11 +87,12 @@ def _personalised(champion: Champion, retrieval, user_id: str, history: list, al
     leave fewer than k, the rest by retrieval score (score - 100): what offline scoring ranks (TwoTowerRecommender
     .score, FittedRanker.rerank), computed over the candidates alone."""
     ranker = champion.recommender.ranker
-    past = champion.position.of(list(dict.fromkeys(history)))  # distinct, in the history's order
+    # the history's distinct items' index rows, in its order: remembered with the row they come from
+    past = retrieval.remembered(user_id, "past", lambda: champion.position.of(list(dict.fromkeys(history))))
     final = {}
     if ranker is not None:
-        rows, short = _shortlist(champion, retrieval, user_id, past, ranker.config.candidates)
-        probability = ranker.probabilities(short.features(retrieval))[:, Ranker.TASKS.index("interact")]
+        rows, features = _ranker_features(champion, retrieval, user_id, past, ranker.config.candidates)
+        probability = ranker.probabilities(features)[:, Ranker.TASKS.index("interact")]
         keep = allowed[rows]
         kept_rows, kept_scores = rows[keep], 10.0 + probability[keep]
         best_k = np.argsort(-kept_scores, kind="stable")[:k]  # stable: ties keep the candidates' order
@@ -106,10 +107,11 @@ def _personalised(champion: Champion, retrieval, user_id: str, history: list, al
     return [(str(champion.item_ids[row]), score) for row, score in final.items()]
 
 
-def _shortlist(champion: Champion, retrieval, user_id: str, past: np.ndarray, n: int):
-    """(each candidate's index row, their training.candidates.Shortlist), remembered for a returning user while
-    their row and its freshness stay the same (OnlineRetrieval.remembered): the candidates and every feature but
-    the clock's are a function of that row and the champion, so their request only adds the clock's columns.
+def _ranker_features(champion: Champion, retrieval, user_id: str, past: np.ndarray, n: int):
+    """(each candidate's index row, their RANKER_FEATURES at the retrieval's moment). The candidates and their
+    training.candidates.Shortlist are remembered for a returning user while their row's freshness stays the same
+    (OnlineRetrieval.remembered), and the shortlist's item columns while the catalog's does: both are a function
+    of those rows and the champion, so their request only computes the clock's columns.
 
     With the exact index every item is scored, and the candidates are the same as offline: the n best and the
     user's past items, with their ranks among every item (how many items score higher: offline's argsort of the
@@ -135,8 +137,10 @@ def _shortlist(champion: Champion, retrieval, user_id: str, past: np.ndarray, n:
         return rows[candidates.item], short
 
     if (past < 0).any():  # past items outside the index are embedded from their rows, whose freshness can change
-        return build()
-    return retrieval.remembered(user_id, "shortlist", build)
+        rows, short = build()
+        return rows, short.features(retrieval)
+    rows, short = retrieval.remembered(user_id, "shortlist", build)
+    return rows, short.features(retrieval, retrieval.remembered_item_numbers(user_id, short))
 
 
 def _retrieve(champion: Champion, user: np.ndarray, past: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

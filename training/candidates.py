@@ -102,13 +102,19 @@ class Shortlist:
     items: np.ndarray  # object: the candidates' distinct item ids
     item_rows: np.ndarray  # int64: each candidate's position in items
 
-    def features(self, retrieval) -> np.ndarray:
+    def item_numbers(self, retrieval) -> dict[str, np.ndarray]:
+        """What `features` reads of the candidates' items: ITEM_NUMBERS, a row per distinct item, as the
+        retrieval's moment judges their rows (blanks 0)."""
+        return retrieval.number_columns(RANKER_SERVICE, "item_id", self.items, ITEM_NUMBERS)
+
+    def features(self, retrieval, item_numbers: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """RANKER_FEATURES at the retrieval's moment: ages count from its scored_at (<= as_of, the snapshot's
-        midnight, whose rows count their ages from as_of); the items' rows are read as of it."""
+        midnight, whose rows count their ages from as_of); the items' rows are read as of it. item_numbers:
+        self.item_numbers(retrieval), given by a caller that keeps them (serving, while no row's status changes)."""
         as_of, now = retrieval.as_of, retrieval.scored_at
         ahead_s = (as_of - now).total_seconds()  # the snapshot's ages count from as_of: take back the time after now
         since = np.where(self.found, now.value // 10**9 - self.last, RECENCY_CAP_S)
-        table = retrieval.number_columns(RANKER_SERVICE, "item_id", self.items, ITEM_NUMBERS)  # a row per id
+        table = self.item_numbers(retrieval) if item_numbers is None else item_numbers
 
         def item(column):
             return table[column][self.item_rows]

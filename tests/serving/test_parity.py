@@ -41,9 +41,12 @@ def test_a_returning_user_skips_the_tower_and_the_shortlist_and_gets_the_same_an
     freshness of their views: their later requests read nothing from the store and run neither the user tower nor
     the shortlist, only the clock's features, and answer as a champion that remembers nothing does, at the same
     clock and hours before (other ages, other scores); a clock past the features' TTL (another freshness) builds
-    them again from the same row; the least recently seen user goes first."""
+    them again from the same row; the shortlist's item columns are picked out of the catalog once per shortlist
+    and freshness epoch of the catalog's rows; the least recently seen user goes first."""
+    from core.contract import as_utc
     from features.online import OnlineFeatures
     from serving import recommend as path
+    from serving.champion import OnlineRetrieval
     from training.pipeline import Retrieval
 
     layout = Layout(retail_home)
@@ -56,32 +59,43 @@ def test_a_returning_user_skips_the_tower_and_the_shortlist_and_gets_the_same_an
         (bool(self.remembered_users), "vector", ids[0])) or tower(self, ids))  # fmt: skip
     monkeypatch.setattr(path, "shortlist", lambda retrieval, users, *rest: built.append(
         (bool(retrieval.remembered_users), "shortlist", users[0])) or short(retrieval, users, *rest))  # fmt: skip
-    read = OnlineFeatures.user_row
+    read, pick = OnlineFeatures.user_row, OnlineRetrieval._numbers_of
     monkeypatch.setattr(OnlineFeatures, "user_row", lambda self, user_id: built.append(
         (self is remembering.retrieval.readers["ranker_v1"], "row", user_id)) or read(self, user_id))  # fmt: skip
+    monkeypatch.setattr(OnlineRetrieval, "_numbers_of", lambda self, *args: built.append(
+        (bool(self.remembered_users), "item numbers", user)) or pick(self, *args))  # fmt: skip
     store = open_store(Settings(home=retail_home))
     remembering = load_champion(Settings(home=retail_home, serving_clock="shop"), store, moment)
     forgetting = load_champion(Settings(home=retail_home, serving_remembered_users=0), store, moment)
+    shortlists = []  # per request of the remembering champion: (the user's freshness, the catalog's epoch)
 
     def both(when, **options):
         kept, fresh = (recommend(champion, user, K, now=when, **options) for champion in (remembering, forgetting))
         assert kept.fallback is None and (kept.items, kept.statuses) == (fresh.items, fresh.statuses)
+        shortlists.append((kept.statuses["user_activity"], remembering.retrieval.catalog.epoch(as_utc(when))))
         return kept
 
+    def remembered_builds():
+        return [b for b in built if b[0] and b[1] != "item numbers"]
+
     first = both(moment)
-    assert [b for b in built if b[0]] == [(True, "row", user), (True, "vector", user), (True, "shortlist", user)]
+    assert remembered_builds() == [(True, "row", user), (True, "vector", user), (True, "shortlist", user)]
     assert (False, "row", user) in built, "the champion that remembers nothing reads the store"
     hours_before = both(moment - np.timedelta64(5, "h"))  # the same freshness (the test shop's rows turn stale
     assert hours_before.statuses == first.statuses  # just after its clock), other ages
     assert [score for _, score, _ in hours_before.items] != [score for _, score, _ in first.items], "ages moved"
     assert both(moment, exclude=[first.items[0][0]]).items[0] == first.items[1]  # filters come after the shortlist
     assert both(moment).items == first.items
-    assert len([b for b in built if b[0]]) == 3, "every later request found the user's row, vector and shortlist"
+    assert len(remembered_builds()) == 3, "every later request found the user's row, vector and shortlist"
     later = both(moment + np.timedelta64(400, "D"))  # user_activity's TTL passed: blanked activity, another vector
     assert later.statuses["user_activity"] == "stale" and later.statuses["user_history"] == "fresh"
-    assert [b for b in built if b[0]][3:] == [(True, "vector", user), (True, "shortlist", user)], "the same row"
+    assert remembered_builds()[3:] == [(True, "vector", user), (True, "shortlist", user)], "the same row"
     assert both(moment).items == first.items, "back to the first freshness: its entries are still there"
-    assert len([b for b in built if b[0]]) == 5
+    assert len(remembered_builds()) == 5
+    # the item columns: picked again only when the shortlist or the catalog's freshness epoch changed
+    changes = [n for n, seen in enumerate(shortlists) if n == 0 or seen != shortlists[n - 1]]
+    assert len(changes) < len(shortlists) and shortlists[-1][1] != shortlists[-2][1], "hits and a new epoch"
+    assert len([b for b in built if b[:2] == (True, "item numbers")]) == len(changes)
 
     built.clear()
     one = load_champion(Settings(home=retail_home, serving_clock="shop", serving_remembered_users=1), store, moment)
