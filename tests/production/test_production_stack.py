@@ -271,14 +271,17 @@ def assert_fallback_while_redis_fails(service) -> None:
 
 
 def assert_personal_again(stack, service) -> None:
-    """Redis answering again: the service personalises from it by itself, and is ready."""
+    """Redis answering again: the worker's probe finds it by itself (ready), and reads answer from it again."""
 
-    def personal_again():
-        answer = httpx.post(f"{service}/recommend", json={"user_id": USER, "k": 5}, timeout=REQUEST_TIMEOUT_S)
-        return answer.status_code == 200 and answer.json()["fallback"] is None
+    def ready():
+        return httpx.get(f"{service}/readyz", timeout=10).status_code == 200
 
-    stack.wait(personal_again, "the service answering from Redis again", timeout=60, every=1)
-    assert httpx.get(f"{service}/readyz", timeout=10).status_code == 200
+    stack.wait(ready, "the service ready again", timeout=60, every=1)
+    answer = httpx.post(f"{service}/recommend", json={"user_id": USER, "k": 5}, timeout=REQUEST_TIMEOUT_S)
+    assert answer.status_code == 200 and answer.json()["fallback"] is None, answer.text
+    never_read = {"user_id": f"never-read-{uuid.uuid4().hex[:8]}", "k": 5}
+    answer = httpx.post(f"{service}/recommend", json=never_read, timeout=REQUEST_TIMEOUT_S)
+    assert answer.json()["fallback"].startswith("unknown user"), answer.text  # Redis read it: not in the store
 
 
 # Redis's two failures: gone (the port refuses connections; it comes back with its data), and hung (SIGSTOPped: the
