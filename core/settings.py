@@ -80,11 +80,12 @@ class Settings(BaseSettings):
         "each request built its spans (~0.3 ms).",
     )
     serving_remembered_users: int = Field(
-        10_000,
+        5_000,
         ge=0,
         description="Returning users each worker remembers while their features and the champion stay the same: "
-        "their stored row, their vector and their ranker shortlist (~30 KB each; the least recently seen go first; "
-        "0 reads the row from the online store, runs the user tower and builds the shortlist on every request).",
+        "their stored row, their vector, their ranker shortlist and its item columns (~45-65 KB each; the least "
+        "recently seen go first; 0 reads the row from the online store, runs the user tower and builds the "
+        "shortlist on every request).",
     )
     api_key: SecretStr | None = Field(
         None,
