@@ -166,6 +166,11 @@ class UserRow:
         self.views = views  # [(view, feature names, their kinds, ttl ns (0: never stale), event time ns, values)]
         self._columns: dict[tuple[str, ...], dict[str, np.ndarray]] = {}  # statuses -> columns
 
+    @property
+    def known(self) -> bool:
+        """Whether the store holds a row of this user in any view."""
+        return any(stamp is not None for *_, stamp, _ in self.views)
+
     def at(self, now: pd.Timestamp) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """(the features as arrays of one row, blanked where not fresh at now; each view's status). The arrays
         are shared by every call at the same statuses: read-only."""

@@ -103,6 +103,11 @@ def test_a_returning_user_skips_the_tower_and_the_shortlist_and_gets_the_same_an
         recommend(one, someone, K, now=moment)
     assert [b[2] for b in built if b[1] == "shortlist"] == [user, other, user], "one remembered: the latest"
     assert [b[2] for b in built if b[1] == "row"] == [user, other, user], "the row goes with the rest"
+    built.clear()
+    for someone in (user, "made-up-1", "made-up-2", "made-up-1", user):
+        recommend(one, someone, K, now=moment)
+    rows_read = [b[2] for b in built if b[1] == "row"]
+    assert rows_read == ["made-up-1", "made-up-2", "made-up-1"], "ids the store lacks are read, never remembered"
 
 
 def test_the_catalogs_numbers_are_converted_once_per_freshness_epoch_and_equal_a_fresh_conversion(retail_home):
